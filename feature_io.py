@@ -1,0 +1,170 @@
+"""On-disk format of extracted features: one parquet file per run, written in resumable parts.
+
+A feature file has one row per kept prompt and the columns
+  row_id               index of the text in the input (order of the input is restored on finish)
+  text, n_tokens, truncated, latency_s
+  spline_features      fixed-size list of 7*L float32, layer-major, stats in FEATURE_STATS order
+  intrinsic_dimension  fixed-size list of L int32 (absent when the run used --no-id)
+  hidden_mean          fixed-size list of float32 (optional: mean-pooled MLP input of the deepest layer)
+  ...                  every other input column (labels, source, ...) passed through unchanged
+and the run's settings as JSON in the parquet schema metadata under ``spline_geometry``.
+
+This module needs no torch, so analysis scripts load features without importing a model stack.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# The paper's 7 statistics per layer, in its order (see shared/reference/PAPER.md).
+FEATURE_STATS = ("frac_mean", "frac_min", "frac_max", "frac_std", "dist_min", "dist_mean", "dist_std")
+METADATA_KEY = b"spline_geometry"
+LIST_COLUMNS = ("spline_features", "intrinsic_dimension", "hidden_mean")
+
+
+def feature_names(layers) -> list[str]:
+    """Names of the 7*L columns, layer-major: ``L{layer}.{stat}``."""
+    return [f"L{layer}.{stat}" for layer in layers for stat in FEATURE_STATS]
+
+
+class RunMismatchError(RuntimeError):
+    """An existing (partial) output was made with other settings than the ones asked for now."""
+
+
+def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    matrix = np.ascontiguousarray(matrix)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def rows_to_table(columns: pd.DataFrame, arrays: dict[str, np.ndarray]) -> pa.Table:
+    """Plain columns from a DataFrame plus 2-D arrays stored as fixed-size list columns."""
+    table = pa.Table.from_pandas(columns.reset_index(drop=True), preserve_index=False)
+    for name, matrix in arrays.items():
+        if matrix is not None:
+            table = table.append_column(name, _fixed_list(matrix))
+    return table
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    # Write then rename: a run killed mid-write never leaves a half file that a resume would trust.
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+class FeatureWriter:
+    """Streams finished batches to ``OUT.parts/`` and merges them into ``OUT`` at the end.
+
+    ``settings`` (a JSON-able dict) identifies the run: a restart with the same settings resumes
+    where the killed run stopped; different settings raise :class:`RunMismatchError` instead of
+    silently mixing two runs in one file.
+    """
+
+    def __init__(self, out_path, settings: dict, overwrite: bool = False):
+        self.out_path = Path(out_path)
+        self.parts_dir = self.out_path.with_name(self.out_path.name + ".parts")
+        self.settings = json.loads(json.dumps(settings))  # normalise tuples, numpy scalars
+        if overwrite:
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+            self.out_path.unlink(missing_ok=True)
+        self.done_ids: set[int] = set()
+        self._n_parts = 0
+        if self.out_path.exists():
+            old = read_feature_metadata(self.out_path).get("settings")
+            if old != self.settings:
+                raise RunMismatchError(
+                    f"{self.out_path} exists and was made with other settings ({_diff(old, self.settings)}). "
+                    "Choose another --out, or pass --overwrite to replace it.")
+        elif self.parts_dir.exists():
+            run_file = self.parts_dir / "run.json"
+            old = json.loads(run_file.read_text()) if run_file.exists() else None
+            if old != self.settings:
+                raise RunMismatchError(
+                    f"{self.parts_dir} holds an interrupted run with other settings ({_diff(old, self.settings)}). "
+                    "Rerun with the same arguments to resume it, or pass --overwrite to start over.")
+            parts = sorted(self.parts_dir.glob("part-*.parquet"))
+            for part in parts:
+                self.done_ids.update(pq.read_table(part, columns=["row_id"]).column(0).to_pylist())
+            self._n_parts = len(parts)
+        else:
+            self.parts_dir.mkdir(parents=True)
+            (self.parts_dir / "run.json").write_text(json.dumps(self.settings, indent=1))
+
+    @property
+    def complete(self) -> bool:
+        """True when the final file already exists with these settings (nothing left to do)."""
+        return self.out_path.exists()
+
+    def write(self, columns: pd.DataFrame, arrays: dict[str, np.ndarray]) -> None:
+        table = rows_to_table(columns, arrays)
+        _atomic_write(table, self.parts_dir / f"part-{self._n_parts:06d}.parquet")
+        self._n_parts += 1
+        self.done_ids.update(int(i) for i in columns["row_id"])
+
+    def finish(self, metadata: dict) -> Path:
+        """Merge the parts in input order, attach the metadata, and remove the parts folder."""
+        parts = sorted(self.parts_dir.glob("part-*.parquet"))
+        if parts:
+            table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+            table = table.take(pa.compute.sort_indices(table, [("row_id", "ascending")]))
+        else:
+            table = pa.table({"row_id": pa.array([], pa.int64()), "text": pa.array([], pa.string())})
+        meta = dict(metadata, settings=self.settings)
+        schema_meta = dict(table.schema.metadata or {})
+        schema_meta.pop(b"pandas", None)  # the pandas index info of the first part would be wrong
+        schema_meta[METADATA_KEY] = json.dumps(meta).encode()
+        _atomic_write(table.replace_schema_metadata(schema_meta), self.out_path)
+        shutil.rmtree(self.parts_dir)
+        return self.out_path
+
+
+def _diff(old, new) -> str:
+    if not isinstance(old, dict):
+        return "no readable settings"
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "same"
+
+
+def read_feature_metadata(path) -> dict:
+    """The run's metadata (model, layers, dtype, max_length, feature_names, settings, ...)."""
+    meta = pq.read_schema(path).metadata or {}
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{path} is not a feature file written by extract_features.py (no metadata).")
+    return json.loads(meta[METADATA_KEY])
+
+
+def _matrix(column: pa.ChunkedArray, dtype) -> np.ndarray:
+    flat = column.combine_chunks()
+    width = flat.type.list_size
+    return flat.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(-1, width)
+
+
+def load_features(path):
+    """Load a feature file fast.
+
+    Returns ``(spline, ids, meta)``: spline float32 [N, L, 7], ids int32 [N, L] (None when the
+    run had no ID), and a DataFrame of every non-list column (text, labels, n_tokens, ...).
+    """
+    table = pq.read_table(path)
+    info = read_feature_metadata(path)
+    n_layers = len(info["layers"])
+    spline = _matrix(table.column("spline_features"), np.float32).reshape(-1, n_layers, len(FEATURE_STATS))
+    ids = None
+    if "intrinsic_dimension" in table.column_names:
+        ids = _matrix(table.column("intrinsic_dimension"), np.int32)
+    meta = table.drop_columns([c for c in LIST_COLUMNS if c in table.column_names]).to_pandas()
+    return spline, ids, meta
+
+
+def load_hidden(path) -> np.ndarray | None:
+    """Mean-pooled hidden states [N, d] stored with --save-hidden, else None."""
+    if "hidden_mean" not in pq.read_schema(path).names:
+        return None
+    return _matrix(pq.read_table(path, columns=["hidden_mean"]).column(0), np.float32)
