@@ -168,3 +168,21 @@ def load_hidden(path) -> np.ndarray | None:
     if "hidden_mean" not in pq.read_schema(path).names:
         return None
     return _matrix(pq.read_table(path, columns=["hidden_mean"]).column(0), np.float32)
+
+
+def merge_feature_files(paths, out_path) -> Path:
+    """Merge the per-process files of one run (``accelerate launch``) into ``out_path``, in input order."""
+    paths = [Path(p) for p in paths]
+    tables = [pq.read_table(p) for p in paths]
+    table = pa.concat_tables(tables, promote_options="default")
+    table = table.take(pa.compute.sort_indices(table, [("row_id", "ascending")]))
+    meta = read_feature_metadata(paths[0])
+    meta["settings"].pop("shard", None)
+    for key in ("n_input_rows", "n_skipped_empty", "n_skipped_no_tokens"):
+        meta[key] = sum(read_feature_metadata(p).get(key, 0) for p in paths)
+    schema_meta = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}
+    schema_meta[METADATA_KEY] = json.dumps(meta).encode()
+    _atomic_write(table.replace_schema_metadata(schema_meta), Path(out_path))
+    for p in paths:
+        p.unlink()
+    return Path(out_path)

@@ -1,0 +1,370 @@
+"""Extract the paper's spline features (7 per layer) and attention ID (1 per layer) to a parquet file.
+
+    python extract_features.py --model smollm2-135m --texts FILE --out OUT.parquet
+    python extract_features.py --dataset rtp                  # a named dataset of data/
+    python extract_features.py --dataset rtp --layers 0-2     # early exit after layer 2
+
+FILE is .txt (one text per line), .csv, .jsonl or .parquet; --text-column names the text column
+(default ``text``) and every other column passes through to the output. Prompts are tokenised
+with the tokenizer's defaults (no chat template), grouped by length into padded batches, and the
+finished batches are written as they complete: a killed run restarted with the same arguments
+resumes where it stopped. See feature_io.py for the output format and the loader.
+
+Under ``accelerate launch`` the rows are split across the processes and merged at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+from feature_io import FeatureWriter, RunMismatchError, feature_names, merge_feature_files
+
+log = logging.getLogger("extract_features")
+
+# Defaults (the paper's settings where it has one); each is a command-line flag too.
+MODEL = "smollm2-135m"
+MAX_LENGTH = 1024      # the paper truncates prompts to 1024 tokens
+BATCH_SIZE = 16
+FLUSH_EVERY = 256      # prompts per part file: at most this much work is redone after a crash
+PADDING_SIDE = "right"
+FEATURES_DIR = Path("features")
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+def read_texts(path, text_column: str = "text") -> pd.DataFrame:
+    """A DataFrame with the text column from .txt, .csv, .jsonl/.json or .parquet."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Input file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        raw = path.read_bytes()
+        text = raw.decode("utf-8", errors="replace")
+        n_bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+        if n_bad:
+            log.warning("%s: %d undecodable byte sequences replaced by U+FFFD", path, n_bad)
+        frame = pd.DataFrame({text_column: text.splitlines()})
+    elif suffix == ".csv":
+        frame = pd.read_csv(path, encoding_errors="replace")
+    elif suffix in (".jsonl", ".json"):
+        frame = pd.read_json(path, lines=suffix == ".jsonl")
+    elif suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    else:
+        raise ValueError(f"Unsupported input {path}: use .txt, .csv, .jsonl or .parquet.")
+    return frame
+
+
+def check_text_column(frame: pd.DataFrame, text_column: str, origin: str) -> None:
+    if text_column not in frame.columns:
+        raise KeyError(f"{origin} has no column {text_column!r}; its columns are {list(frame.columns)}. "
+                       "Pass --text-column NAME.")
+
+
+def parse_layers(spec, n_layers: int) -> list[int]:
+    """'all', 'a-b', 'a,b,c' (mixable: '0-2,10') or a list of ints -> sorted unique layer indices."""
+    if spec is None or spec == "all":
+        return list(range(n_layers))
+    if isinstance(spec, str):
+        layers = []
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            layers.extend(range(int(lo), int(hi or lo) + 1))
+    else:
+        layers = [int(i) for i in spec]
+    layers = sorted(set(layers))
+    if not layers or layers[0] < 0 or layers[-1] >= n_layers:
+        raise ValueError(f"--layers {spec!r} is outside the model's layers 0-{n_layers - 1}.")
+    return layers
+
+
+def _slug(model: str) -> str:
+    return Path(str(model).rstrip("/")).name.removesuffix(".gguf")
+
+
+def default_out(model: str, name: str, layers: list[int], n_layers: int) -> Path:
+    folder = FEATURES_DIR / _slug(model)
+    if layers != list(range(n_layers)):
+        spans = _spans(layers)
+        folder = folder / f"layers{spans}"
+    return folder / f"{name}.parquet"
+
+
+def _spans(layers: list[int]) -> str:
+    runs, start = [], layers[0]
+    for prev, cur in zip(layers, layers[1:] + [None]):
+        if cur != prev + 1:
+            runs.append(f"{start}-{prev}" if prev != start else f"{start}")
+            start = cur
+    return "_".join(runs)
+
+
+def _fingerprint(texts: pd.Series) -> str:
+    digest = hashlib.sha1()
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+# -- the run ----------------------------------------------------------------------------------------
+def extract_features(texts=None, *, dataset: str | None = None, out=None, model: str = MODEL, layers=None,
+                     batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH, dtype: str = "auto",
+                     device: str | None = None, device_map=None, with_id: bool = True, save_hidden: bool = False,
+                     limit: int | None = None, text_column: str = "text", padding_side: str = PADDING_SIDE,
+                     overwrite: bool = False, progress: bool = True, flush_every: int = FLUSH_EVERY) -> Path:
+    """Extract features of ``texts`` (a file path, a DataFrame or a list of strings) or of ``dataset``.
+
+    Returns the path of the finished parquet file. Empty and whitespace-only texts are skipped
+    (counted, with a warning); texts longer than ``max_length`` tokens are truncated and flagged.
+    """
+    # Imported here so that `--help`, bad arguments and reading features never load torch models.
+    from transformers import AutoConfig
+
+    from model_loading import default_device, load_model, load_tokenizer, resolve_dtype, resolve_model
+
+    if (texts is None) == (dataset is None):
+        raise ValueError("Give exactly one of texts (--texts FILE) or dataset (--dataset NAME).")
+    if batch_size < 1 or max_length < 1:
+        raise ValueError("batch_size and max_length must be positive.")
+    if padding_side not in ("left", "right"):
+        raise ValueError("padding_side must be 'left' or 'right'.")
+    if dataset is not None:
+        from data import load_dataset
+        frame, origin = load_dataset(dataset), f"dataset {dataset!r}"
+        name = dataset
+    elif isinstance(texts, pd.DataFrame):
+        frame, origin, name = texts, "the DataFrame", "texts"
+    elif isinstance(texts, (str, Path)):
+        frame, origin, name = read_texts(texts, text_column), str(texts), Path(texts).stem
+    else:
+        frame, origin, name = pd.DataFrame({text_column: list(texts)}), "the list of texts", "texts"
+    check_text_column(frame, text_column, origin)
+    frame = frame.reset_index(drop=True)
+    if limit is not None:
+        frame = frame.iloc[:limit]
+    frame = frame.rename(columns={text_column: "text"}) if text_column != "text" else frame
+    if "row_id" in frame.columns:
+        frame = frame.rename(columns={"row_id": "input_row_id"})
+    frame.insert(0, "row_id", np.arange(len(frame), dtype=np.int64))
+    frame["text"] = frame["text"].map(lambda t: t if isinstance(t, str) else "")
+
+    rank, world = _process_rank()
+    if world > 1 and device is None and device_map is None:
+        from accelerate import PartialState
+        device = str(PartialState().device)
+    device = device or (None if device_map is not None else default_device())
+    torch_dtype = resolve_dtype(dtype, device or "cuda")
+    source, extra = resolve_model(model)
+    n_layers_total = AutoConfig.from_pretrained(source, **extra).get_text_config().num_hidden_layers
+    layers = parse_layers(layers, n_layers_total)
+    out = Path(out) if out is not None else default_out(model, name, layers, n_layers_total)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    settings = {"model": str(model), "layers": layers, "dtype": str(torch_dtype).removeprefix("torch."),
+                "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
+                "padding_side": padding_side, "input": origin, "n_input_rows": len(frame),
+                "input_sha1": _fingerprint(frame["text"])}
+
+    # Under `accelerate launch`, each process takes every n-th row and writes its own file.
+    final_out = out
+    if world > 1:
+        frame = frame.iloc[rank::world]
+        out = out.with_name(f"{out.stem}.rank{rank}of{world}{out.suffix}")
+        settings["shard"] = f"{rank}/{world}"
+    writer = FeatureWriter(out, settings, overwrite=overwrite)
+
+    empty = frame["text"].str.strip() == ""
+    if empty.any():
+        log.warning("%s: skipping %d empty or whitespace-only texts", origin, int(empty.sum()))
+    todo = frame[~empty & ~frame["row_id"].isin(writer.done_ids)]
+    if not writer.complete:
+        if writer.done_ids:
+            log.warning("Resuming %s: %d prompts already done, %d to go", out, len(writer.done_ids), len(todo))
+        tokenizer = load_tokenizer(model, padding_side)
+        net = load_model(model, dtype=torch_dtype, device=device, device_map=device_map)
+        stats = _run(net, tokenizer, todo, writer, layers, batch_size, max_length, with_id, save_hidden, progress,
+                     flush_every, desc=name)
+        metadata = {"model": str(model), "model_class": type(net).__name__, "n_layers_total": n_layers_total,
+                    "layers": layers, "feature_names": feature_names(layers), "dtype": settings["dtype"],
+                    "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
+                    "padding_side": padding_side, "source": origin, "n_input_rows": len(frame),
+                    "n_skipped_empty": int(empty.sum()), "n_skipped_no_tokens": stats["no_tokens"],
+                    "device": str(next(net.parameters()).device), "batch_size": batch_size,
+                    "torch": torch.__version__, "transformers": transformers.__version__,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        writer.finish(metadata)
+    else:
+        log.info("%s is already complete with these settings: nothing to do", out)
+    if world > 1:
+        _merge_shards(final_out, out, world)
+    return final_out
+
+
+def _process_rank() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    from accelerate import PartialState
+    state = PartialState()
+    return state.process_index, state.num_processes
+
+
+def _merge_shards(final_out: Path, own: Path, world: int) -> None:
+    from accelerate import PartialState
+    state = PartialState()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        shards = [own.with_name(own.name.replace(f".rank{state.process_index}of", f".rank{r}of"))
+                  for r in range(world)]
+        merge_feature_files(shards, final_out)
+    state.wait_for_everyone()
+
+
+def _tokenize(tokenizer, texts: list[str], max_length: int):
+    """Token ids per text (special tokens as the tokenizer adds them), truncated to max_length."""
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    truncated = np.array([len(x) > max_length for x in ids])
+    if truncated.any():
+        again = tokenizer([t for t, cut in zip(texts, truncated) if cut], truncation=True, max_length=max_length)
+        for i, row in zip(np.flatnonzero(truncated), again["input_ids"]):
+            ids[i] = row
+    return ids, truncated
+
+
+def _run(model, tokenizer, todo: pd.DataFrame, writer: FeatureWriter, layers, batch_size, max_length, with_id,
+         save_hidden, progress, flush_every, desc) -> dict:
+    if todo.empty:
+        return {"no_tokens": 0}
+    ids, truncated = _tokenize(tokenizer, todo["text"].tolist(), max_length)
+    lengths = np.array([len(x) for x in ids])
+    if truncated.any():
+        log.warning("%d texts longer than %d tokens were truncated (flagged in the `truncated` column)",
+                    int(truncated.sum()), max_length)
+    no_tokens = lengths == 0
+    if no_tokens.any():
+        log.warning("skipping %d texts that tokenise to no tokens", int(no_tokens.sum()))
+    # Longest first: similar lengths share a batch (little padding), and an out-of-memory batch
+    # shows up at the start of a run, not at its end.
+    order = [i for i in np.argsort(-lengths, kind="stable") if lengths[i] > 0]
+    pad_id = tokenizer.pad_token_id
+    pending_rows = []
+    pending = {key: [] for key in ("spline_features", "intrinsic_dimension", "hidden_mean", "n_tokens",
+                                   "truncated", "latency_s")}
+
+    def flush():
+        if not pending_rows:
+            return
+        rows = todo.iloc[np.concatenate(pending_rows)].copy()
+        arrays = {"spline_features": np.concatenate(pending["spline_features"]),
+                  "intrinsic_dimension": np.concatenate(pending["intrinsic_dimension"]) if with_id else None,
+                  "hidden_mean": np.concatenate(pending["hidden_mean"]) if save_hidden else None}
+        rows["n_tokens"] = np.concatenate(pending["n_tokens"]).astype(np.int32)
+        rows["truncated"] = np.concatenate(pending["truncated"])
+        rows["latency_s"] = np.concatenate(pending["latency_s"])
+        writer.write(rows, arrays)
+        pending_rows.clear()
+        for value in pending.values():
+            value.clear()
+
+    # One untimed warm-up pass, so the first batch's latency is not inflated by lazy initialisation.
+    first = ids[order[0]][:8]
+    model.spline_recorder.run(torch.tensor([first]), torch.ones(1, len(first), dtype=torch.bool), layers, with_id,
+                              save_hidden)
+    bar = tqdm(total=len(order), unit="prompt", desc=f"features {desc}", disable=not progress, smoothing=0.1)
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            width = int(lengths[batch].max())
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.bool)
+            for row, i in enumerate(batch):
+                n = lengths[i]
+                span = slice(width - n, width) if tokenizer.padding_side == "left" else slice(0, n)
+                input_ids[row, span] = torch.tensor(ids[i])
+                mask[row, span] = True
+            began = time.perf_counter()
+            result = model.spline_recorder.run(input_ids, mask, layers, with_id, save_hidden)
+            spline = result["spline"].flatten(1).float().cpu().numpy()  # the one host transfer per batch
+            elapsed = time.perf_counter() - began
+            pending_rows.append(np.asarray(batch))
+            pending["spline_features"].append(spline)
+            if with_id:
+                pending["intrinsic_dimension"].append(result["ids"].cpu().numpy().astype(np.int32))
+            if save_hidden:
+                pending["hidden_mean"].append(result["hidden"].float().cpu().numpy())
+            pending["n_tokens"].append(lengths[batch])
+            pending["truncated"].append(truncated[batch])
+            pending["latency_s"].append(np.full(len(batch), elapsed / len(batch)))
+            bar.update(len(batch))
+            if sum(len(r) for r in pending_rows) >= flush_every:
+                flush()
+        flush()
+    except KeyboardInterrupt:
+        flush()
+        bar.close()
+        log.error("Interrupted: %d prompts are saved in %s. Rerun the same command to resume.",
+                  len(writer.done_ids), writer.parts_dir)
+        raise
+    bar.close()
+    return {"no_tokens": int(no_tokens.sum())}
+
+
+# -- command line -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--texts", help="input file: .txt (one text per line), .csv, .jsonl or .parquet")
+    source.add_argument("--dataset", help="a dataset name of data/ (python -m data lists them)")
+    p.add_argument("--out", help="output parquet (default features/<model>/[layers<spec>/]<name>.parquet)")
+    p.add_argument("--model", default=MODEL, help="embedded name (smollm2-135m), hub id, folder or .gguf file")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--layers", default="all", help="'all', '0-2', '0,5,10' ... (early exit after the deepest)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--max-length", type=int, default=MAX_LENGTH, help="longer prompts are truncated and flagged")
+    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, float16, bfloat16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--device-map", default=None, help="'auto' shards the model over all GPUs (accelerate)")
+    p.add_argument("--padding-side", default=PADDING_SIDE, choices=["left", "right"])
+    p.add_argument("--no-id", action="store_true", help="skip the attention intrinsic dimension")
+    p.add_argument("--save-hidden", action="store_true",
+                   help="also store the mean-pooled MLP input of the deepest layer (for the hidden-state probe)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N texts")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing or partial output")
+    p.add_argument("--flush-every", type=int, default=FLUSH_EVERY)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        path = extract_features(args.texts, dataset=args.dataset, out=args.out, model=args.model, layers=args.layers,
+                                batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype,
+                                device=args.device, device_map=args.device_map, with_id=not args.no_id,
+                                save_hidden=args.save_hidden, limit=args.limit, text_column=args.text_column,
+                                padding_side=args.padding_side, overwrite=args.overwrite,
+                                progress=not args.no_progress, flush_every=args.flush_every)
+    except (FileNotFoundError, KeyError, ValueError, RunMismatchError) as error:
+        log.error("%s", error.args[0] if error.args else error)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The paper's per-layer statistics, as pure tensor functions (one implementation for every model).
+
+Both functions run on whatever device their inputs are on and never move data to the host, so a
+forward pass that calls them in every layer keeps the GPU busy without synchronising.
+"""
+import torch
+
+from feature_io import FEATURE_STATS
+
+ID_THRESHOLD = 0.1  # a key counts for the ID when its weight exceeds 0.1 x the head's largest weight
+
+
+def partition_statistics(h: torch.Tensor, inv_row_norm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The 7 spline statistics of one layer for a batch of prompts.
+
+    h             [B, T, D] pre-activations of the MLP's first (gate) map, ``x @ W.T (+ b)``
+    inv_row_norm  [D]       1 / ||w_d||_2 for each row w_d of that map's weight
+    mask          [B, T]    True on real tokens, False on padding
+    returns       [B, 7]    float32, in FEATURE_STATS order
+
+    A prompt with a single real token has no spread: its std entries are 0, not NaN (the unbiased
+    estimator divides by max(n - 1, 1)).
+    """
+    # Per token: share of units on the positive side of their hyperplane, and the distance
+    # |h_d| / ||w_d|| to the closest hyperplane. Reductions over D run in float32 for fp16/bf16 models.
+    frac = (h > 0).sum(dim=-1, dtype=torch.float32) / h.shape[-1]
+    dist = (h.abs() * inv_row_norm.to(h.dtype)).amin(dim=-1).float()
+    mask = mask.to(h.device)
+    n = mask.sum(dim=1, dtype=torch.float32)
+
+    def masked_moments(x):
+        # torch.where, not multiplication: padded rows may hold NaN/inf (fully masked attention).
+        mean = torch.where(mask, x, 0.0).sum(dim=1) / n
+        var = torch.where(mask, (x - mean[:, None]) ** 2, 0.0).sum(dim=1) / (n - 1).clamp(min=1)
+        lo = torch.where(mask, x, torch.inf).amin(dim=1)
+        hi = torch.where(mask, x, -torch.inf).amax(dim=1)
+        return mean, var.sqrt(), lo, hi
+
+    f_mean, f_std, f_min, f_max = masked_moments(frac)
+    d_mean, d_std, d_min, _ = masked_moments(dist)
+    out = torch.stack([f_mean, f_min, f_max, f_std, d_min, d_mean, d_std], dim=1)
+    assert out.shape[1] == len(FEATURE_STATS)
+    return out
+
+
+def last_token_attention_id(query: torch.Tensor, key: torch.Tensor, scaling: float, allowed: torch.Tensor,
+                            last_pos: torch.Tensor, softcap: float | None = None) -> torch.Tensor:
+    """Intrinsic dimension of the attention of each prompt's last real token, summed over heads.
+
+    query    [B, H, Tq, d]   post-rotary queries
+    key      [B, Hkv, K, d]  post-rotary keys (grouped-query heads are repeated here)
+    allowed  [B, K] bool     keys the last token may attend to (causal, padding and window applied)
+    last_pos [B] long        index of the last real token among the queries
+    returns  [B] int32       sum over heads of #{j : a_j > 0.1 * max_j a_j}
+
+    Only the one query row per prompt is scored, so no [T, T] attention map is ever built.
+    """
+    batch, heads = query.shape[:2]
+    q = query[torch.arange(batch, device=query.device), :, last_pos]  # [B, H, d]
+    k = key.repeat_interleave(heads // key.shape[1], dim=1)  # [B, H, K, d]
+    scores = torch.einsum("bhd,bhkd->bhk", q.float(), k.float()) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed[:, None, :], -torch.inf)
+    weights = scores.softmax(dim=-1)
+    peak = weights.amax(dim=-1, keepdim=True)
+    return (weights > ID_THRESHOLD * peak).sum(dim=(1, 2), dtype=torch.int32)

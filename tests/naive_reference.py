@@ -1,0 +1,52 @@
+"""A deliberately naive, independent float64 reference for the features, one prompt at a time.
+
+It shares no code with the project: it hooks the stock model's first MLP map to capture h, asks
+the stock eager attention for its full attention maps, and computes every statistic with numpy
+loops in float64, straight from the definitions in PAPER.md.
+"""
+import numpy as np
+import torch
+
+
+def gate_modules(model):
+    found = []
+    for name, module in model.named_modules():
+        if name.endswith(("mlp.gate_proj", "mlp.c_fc", "intermediate.dense")):
+            found.append(module)
+    return found
+
+
+def naive_features(model, token_ids: list[int]):
+    """[L, 7] spline statistics and [L] IDs of one unpadded prompt, in float64."""
+    gates = gate_modules(model)
+    captured = {}
+    handles = [g.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o[0].double().numpy()))
+               for k, g in enumerate(gates)]
+    impl = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([token_ids]), output_attentions=True)
+    finally:
+        model.config._attn_implementation = impl
+        for h in handles:
+            h.remove()
+    features, ids = [], []
+    for k, gate in enumerate(gates):
+        w = gate.weight.detach().double().numpy()
+        if type(gate).__name__ == "Conv1D":
+            w = w.T
+        norms = [np.sqrt(sum(v * v for v in row)) for row in w]
+        h = captured[k]
+        frac = [float(np.mean([1.0 if v > 0 else 0.0 for v in token])) for token in h]
+        dist = [min(abs(token[d]) / norms[d] for d in range(len(norms))) for token in h]
+
+        def std(xs):
+            if len(xs) < 2:
+                return 0.0
+            m = sum(xs) / len(xs)
+            return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+        features.append([np.mean(frac), min(frac), max(frac), std(frac), min(dist), np.mean(dist), std(dist)])
+        attn = out.attentions[k][0, :, -1, :].double().numpy()  # [heads, keys], last token's row
+        ids.append(sum(int((row > 0.1 * row.max()).sum()) for row in attn))
+    return np.array(features), np.array(ids)
