@@ -123,7 +123,7 @@ def _fingerprint(texts: pd.Series) -> str:
 def extract_features(texts=None, *, dataset: str | None = None, out=None, model: str = MODEL, layers=None,
                      batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH, dtype: str = "auto",
                      device: str | None = None, device_map=None, with_id: bool = True, save_hidden: bool = False,
-                     limit: int | None = None, text_column: str = "text", padding_side: str = PADDING_SIDE,
+                     limit: int | None = None, sample: int | None = None, seed: int = 0, text_column: str = "text", padding_side: str = PADDING_SIDE,
                      overwrite: bool = False, progress: bool = True, flush_every: int = FLUSH_EVERY) -> Path:
     """Extract features of ``texts`` (a file path, a DataFrame or a list of strings) or of ``dataset``.
 
@@ -151,14 +151,18 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
         frame, origin, name = read_texts(texts, text_column), str(texts), Path(texts).stem
     else:
         frame, origin, name = pd.DataFrame({text_column: list(texts)}), "the list of texts", "texts"
+    if frame.empty:
+        raise ValueError(f"{origin} holds no rows.")
     check_text_column(frame, text_column, origin)
     frame = frame.reset_index(drop=True)
-    if limit is not None:
-        frame = frame.iloc[:limit]
     frame = frame.rename(columns={text_column: "text"}) if text_column != "text" else frame
     if "row_id" in frame.columns:
         frame = frame.rename(columns={"row_id": "input_row_id"})
-    frame.insert(0, "row_id", np.arange(len(frame), dtype=np.int64))
+    frame.insert(0, "row_id", np.arange(len(frame), dtype=np.int64))  # position in the full input
+    if limit is not None:
+        frame = frame.iloc[:limit]
+    if sample is not None and sample < len(frame):
+        frame = frame.sample(n=sample, random_state=seed).sort_values("row_id")
     frame["text"] = frame["text"].map(lambda t: t if isinstance(t, str) else "")
 
     rank, world = _process_rank()
@@ -175,7 +179,8 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
 
     settings = {"model": str(model), "layers": layers, "dtype": str(torch_dtype).removeprefix("torch."),
                 "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
-                "padding_side": padding_side, "input": origin, "n_input_rows": len(frame),
+                "padding_side": padding_side, "input": origin, "limit": limit, "sample": sample,
+                "seed": seed, "n_input_rows": len(frame),
                 "input_sha1": _fingerprint(frame["text"])}
 
     # Under `accelerate launch`, each process takes every n-th row and writes its own file.
@@ -341,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-hidden", action="store_true",
                    help="also store the mean-pooled MLP input of the deepest layer (for the hidden-state probe)")
     p.add_argument("--limit", type=int, default=None, help="only the first N texts")
+    p.add_argument("--sample", type=int, default=None, help="a random subset of N texts (seeded by --seed)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing or partial output")
     p.add_argument("--flush-every", type=int, default=FLUSH_EVERY)
     p.add_argument("--no-progress", action="store_true")
@@ -354,7 +361,8 @@ def main(argv=None) -> int:
         path = extract_features(args.texts, dataset=args.dataset, out=args.out, model=args.model, layers=args.layers,
                                 batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype,
                                 device=args.device, device_map=args.device_map, with_id=not args.no_id,
-                                save_hidden=args.save_hidden, limit=args.limit, text_column=args.text_column,
+                                save_hidden=args.save_hidden, limit=args.limit, sample=args.sample,
+                                seed=args.seed, text_column=args.text_column,
                                 padding_side=args.padding_side, overwrite=args.overwrite,
                                 progress=not args.no_progress, flush_every=args.flush_every)
     except (FileNotFoundError, KeyError, ValueError, RunMismatchError) as error:

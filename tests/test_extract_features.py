@@ -1,0 +1,129 @@
+"""extract_features.py end to end on a tiny model: formats, bad input, resume, early exit."""
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import extract_features as ef
+from feature_io import RunMismatchError, load_features, load_hidden, read_feature_metadata
+from instrument import SplineRecorder
+from tiny_models import random_prompts
+
+PROMPTS = random_prompts(11, seed=7, lo=1, hi=14)
+
+
+def run(tmp_path, texts=PROMPTS, name="out.parquet", **kw):
+    kw.setdefault("progress", False)
+    return ef.extract_features(texts, out=tmp_path / name, model=str(kw.pop("model")), **kw)
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "jsonl", "parquet"])
+def test_input_formats_and_passthrough(tmp_path, tiny_llama_dir, fmt):
+    frame = pd.DataFrame({"body": PROMPTS, "label": np.arange(len(PROMPTS)) % 2})
+    path = tmp_path / f"in.{fmt}"
+    if fmt == "txt":
+        path.write_text("\n".join(PROMPTS) + "\n")
+        column = "text"
+    else:
+        {"csv": lambda: frame.to_csv(path, index=False), "jsonl": lambda: frame.to_json(path, orient="records",
+         lines=True), "parquet": lambda: frame.to_parquet(path)}[fmt]()
+        column = "body"
+    out = run(tmp_path, path, model=tiny_llama_dir, text_column=column, save_hidden=True)
+    spline, ids, meta = load_features(out)
+    assert spline.shape == (len(PROMPTS), 4, 7) and ids.shape == (len(PROMPTS), 4)
+    assert meta["text"].tolist() == PROMPTS and meta["row_id"].tolist() == list(range(len(PROMPTS)))
+    if fmt != "txt":
+        assert meta["label"].tolist() == frame["label"].tolist()
+    assert load_hidden(out).shape == (len(PROMPTS), 32)
+    info = read_feature_metadata(out)
+    assert info["layers"] == [0, 1, 2, 3] and len(info["feature_names"]) == 28
+    assert info["feature_names"][:2] == ["L0.frac_mean", "L0.frac_min"] and info["max_length"] == 1024
+    assert (meta["latency_s"] > 0).all() and (meta["n_tokens"] > 0).all()
+
+
+def test_features_match_the_model_and_batch_size_does_not_matter(tmp_path, tiny_llama_dir):
+    a = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=1, name="a.parquet"))
+    b = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=4, padding_side="left", name="b.parquet"))
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+    np.testing.assert_array_equal(a[1], b[1])
+    from model_loading import load_model, load_tokenizer
+    model, tok = load_model(str(tiny_llama_dir)), load_tokenizer(str(tiny_llama_dir))
+    ids = tok(PROMPTS[3], return_tensors="pt")["input_ids"]
+    direct = model.spline_recorder.run(ids, torch.ones_like(ids))
+    np.testing.assert_allclose(a[0][3], direct["spline"][0].numpy(), atol=1e-6)
+
+
+def test_empty_one_token_and_long_prompts(tmp_path, tiny_llama_dir, caplog):
+    texts = ["w1 w2 w3", "", "   ", "w5", " ".join(f"w{i}" for i in range(40))]
+    with caplog.at_level(logging.WARNING):
+        out = run(tmp_path, texts, model=tiny_llama_dir, max_length=10)
+    assert "skipping 2 empty or whitespace-only texts" in caplog.text
+    assert "1 texts longer than 10 tokens were truncated" in caplog.text
+    spline, _, meta = load_features(out)
+    assert meta["row_id"].tolist() == [0, 3, 4]
+    assert meta["truncated"].tolist() == [False, False, True] and meta["n_tokens"].tolist() == [3, 1, 10]
+    one_token = spline[1]
+    assert np.isfinite(spline).all() and (one_token[:, 3] == 0).all() and (one_token[:, 6] == 0).all()
+    assert read_feature_metadata(out)["n_skipped_empty"] == 2
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, tiny_llama_dir):
+    frame = tmp_path / "f.csv"
+    pd.DataFrame({"comment": ["w1"]}).to_csv(frame, index=False)
+    with pytest.raises(KeyError, match=r"no column 'text'.*\['comment'\].*--text-column"):
+        run(tmp_path, frame, model=tiny_llama_dir)
+    assert ef.main(["--texts", str(frame), "--model", str(tiny_llama_dir), "--out", str(tmp_path / "x.parquet")]) == 2
+    with pytest.raises(FileNotFoundError):
+        run(tmp_path, tmp_path / "missing.txt", model=tiny_llama_dir)
+    with pytest.raises(ValueError, match="outside the model's layers 0-3"):
+        run(tmp_path, model=tiny_llama_dir, layers="2-9")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"w1 w2\n\xff\xfe w3\n")
+    spline, _, meta = load_features(run(tmp_path, bad, model=tiny_llama_dir, name="bad.parquet"))
+    assert len(meta) == 2 and "\ufffd" in meta["text"][1]
+
+
+def test_resume_after_interrupt_loses_and_duplicates_nothing(tmp_path, tiny_llama_dir, monkeypatch):
+    reference = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=2, name="ref.parquet"))
+    real_run, calls = SplineRecorder.run, {"n": 0}
+
+    def dying_run(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # warm-up + 3 batches done (one part of 4 prompts flushed), then killed
+            raise KeyboardInterrupt
+        return real_run(self, *a, **k)
+    monkeypatch.setattr(SplineRecorder, "run", dying_run)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet")
+    parts = sorted((tmp_path / "r.parquet.parts").glob("part-*.parquet"))
+    assert len(parts) >= 1 and not (tmp_path / "r.parquet").exists()
+    monkeypatch.setattr(SplineRecorder, "run", real_run)
+    with pytest.raises(RunMismatchError, match="--overwrite"):
+        run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet", max_length=50)
+    resumed = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet"))
+    assert resumed[2]["row_id"].tolist() == list(range(len(PROMPTS)))
+    np.testing.assert_allclose(resumed[0], reference[0], atol=1e-6)
+    np.testing.assert_array_equal(resumed[1], reference[1])
+    assert not (tmp_path / "r.parquet.parts").exists()
+
+
+def test_finished_output_is_reused_without_loading_the_model(tmp_path, tiny_llama_dir, monkeypatch):
+    out = run(tmp_path, model=tiny_llama_dir)
+    import model_loading
+    monkeypatch.setattr(model_loading, "load_model", lambda *a, **k: pytest.fail("model loaded again"))
+    assert run(tmp_path, model=tiny_llama_dir) == out
+
+
+def test_layer_selection_and_sampling(tmp_path, tiny_llama_dir):
+    full = load_features(run(tmp_path, model=tiny_llama_dir, name="full.parquet"))
+    part = run(tmp_path, model=tiny_llama_dir, layers="0-1", with_id=False, name="p.parquet")
+    spline, ids, _ = load_features(part)
+    assert ids is None and spline.shape[1] == 2
+    np.testing.assert_allclose(spline, full[0][:, :2], atol=1e-6)
+    assert read_feature_metadata(part)["feature_names"][-1] == "L1.dist_std"
+    sampled = load_features(run(tmp_path, model=tiny_llama_dir, sample=4, seed=1, name="s.parquet"))[2]
+    assert len(sampled) == 4 and sampled["text"].tolist() == [PROMPTS[i] for i in sampled["row_id"]]
+    assert ef.parse_layers("0-2,5", 8) == [0, 1, 2, 5] and ef.parse_layers("all", 3) == [0, 1, 2]
+    assert str(ef.default_out("org/Model-7b", "rtp", [0, 1, 2], 30)) == "features/Model-7b/layers0-2/rtp.parquet"
