@@ -94,8 +94,9 @@ def _slug(model: str) -> str:
     return Path(str(model).rstrip("/")).name.removesuffix(".gguf")
 
 
-def default_out(model: str, name: str, layers: list[int], n_layers: int) -> Path:
-    folder = FEATURES_DIR / _slug(model)
+def default_out(model: str, name: str, layers: list[int], n_layers: int, root=FEATURES_DIR) -> Path:
+    """features/<model>/<name>.parquet, or features/<model>/layers<spans>/<name>.parquet for a subset."""
+    folder = Path(root) / _slug(model)
     if layers != list(range(n_layers)):
         spans = _spans(layers)
         folder = folder / f"layers{spans}"
@@ -123,8 +124,10 @@ def _fingerprint(texts: pd.Series) -> str:
 def extract_features(texts=None, *, dataset: str | None = None, out=None, model: str = MODEL, layers=None,
                      batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH, dtype: str = "auto",
                      device: str | None = None, device_map=None, with_id: bool = True, save_hidden: bool = False,
-                     limit: int | None = None, sample: int | None = None, seed: int = 0, text_column: str = "text", padding_side: str = PADDING_SIDE,
-                     overwrite: bool = False, progress: bool = True, flush_every: int = FLUSH_EVERY) -> Path:
+                     limit: int | None = None, sample: int | None = None, seed: int = 0,
+                     text_column: str = "text", padding_side: str = PADDING_SIDE,
+                     overwrite: bool = False, progress: bool = True, flush_every: int = FLUSH_EVERY,
+                     features_dir=FEATURES_DIR) -> Path:
     """Extract features of ``texts`` (a file path, a DataFrame or a list of strings) or of ``dataset``.
 
     Returns the path of the finished parquet file. Empty and whitespace-only texts are skipped
@@ -174,7 +177,7 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
     source, extra = resolve_model(model)
     n_layers_total = AutoConfig.from_pretrained(source, **extra).get_text_config().num_hidden_layers
     layers = parse_layers(layers, n_layers_total)
-    out = Path(out) if out is not None else default_out(model, name, layers, n_layers_total)
+    out = Path(out) if out is not None else default_out(model, name, layers, n_layers_total, features_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     settings = {"model": str(model), "layers": layers, "dtype": str(torch_dtype).removeprefix("torch."),
@@ -332,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--texts", help="input file: .txt (one text per line), .csv, .jsonl or .parquet")
     source.add_argument("--dataset", help="a dataset name of data/ (python -m data lists them)")
-    p.add_argument("--out", help="output parquet (default features/<model>/[layers<spec>/]<name>.parquet)")
+    p.add_argument("--out", help="output parquet (default <features-dir>/<model>/[layers<spec>/]<name>.parquet)")
+    p.add_argument("--features-dir", default=str(FEATURES_DIR))
     p.add_argument("--model", default=MODEL, help="embedded name (smollm2-135m), hub id, folder or .gguf file")
     p.add_argument("--text-column", default="text")
     p.add_argument("--layers", default="all", help="'all', '0-2', '0,5,10' ... (early exit after the deepest)")
@@ -364,7 +368,8 @@ def main(argv=None) -> int:
                                 save_hidden=args.save_hidden, limit=args.limit, sample=args.sample,
                                 seed=args.seed, text_column=args.text_column,
                                 padding_side=args.padding_side, overwrite=args.overwrite,
-                                progress=not args.no_progress, flush_every=args.flush_every)
+                                progress=not args.no_progress, flush_every=args.flush_every,
+                                features_dir=args.features_dir)
     except (FileNotFoundError, KeyError, ValueError, RunMismatchError) as error:
         log.error("%s", error.args[0] if error.args else error)
         return 2

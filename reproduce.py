@@ -1,0 +1,104 @@
+"""The main job: every result of the project on the embedded default, from nothing to RESULTS.md.
+
+    bash run.sh            # = python reproduce.py          (under 30 min on 2 CPU cores)
+    bash run.sh --quick    # = python reproduce.py --quick  (under 5 min: small samples, a smoke run)
+
+Steps, each reusing what an earlier run finished (rerunning is cheap, an interrupted run resumes):
+  1. prepare the packaged datasets (data/prepare.py)
+  2. extract spline features + ID of a seeded sample of each dataset, all layers (features/<model>/)
+     and, for the toxicity detector's latency, the first 3 layers with early exit (layers0-2/)
+  3. statistic_analysis.py: every table and figure, results.json and RESULTS.md
+  4. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories
+Settings are the constants below (edit and rerun, as in nanoGPT), or flags.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+MODEL = "smollm2-135m"
+DATASETS = ["rtp", "slurs", "comments", "dm_mathematics", "pubmed", "code", "legal", "questions",
+            "toxic_pubmed", "toxic_legal"]
+DETECTION_DATASETS = ["rtp", "slurs", "comments", "dm_mathematics", "pubmed", "code", "legal", "questions"]
+SAMPLE = 300            # texts per dataset (seeded); None = all of them
+MAX_LENGTH = 256        # tokens; the paper's 1024 costs 4x more on a CPU (use --max-length 1024)
+BATCH_SIZE = 16
+SEED = 0
+CATEGORIES = ["asian", "muslim", "trans", "woman"]
+FEATURES_DIR = "features"
+QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick features never mix with full ones
+
+
+def step(title: str):
+    print(f"\n=== {title} ===", flush=True)
+    return time.perf_counter()
+
+
+def call(args: list[str]) -> None:
+    """Run a project script with this interpreter; stop the job with its exit code if it fails."""
+    print("$ " + " ".join(["python"] + args), flush=True)
+    done = subprocess.run([sys.executable] + args, cwd=ROOT)
+    if done.returncode != 0:
+        sys.exit(f"step failed: python {' '.join(args)} (exit {done.returncode}); fix it and rerun: "
+                 "finished work is kept and reused.")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small samples: a smoke run in under 5 minutes")
+    p.add_argument("--model", default=MODEL)
+    p.add_argument("--sample", type=int, default=None, help=f"texts per dataset (default {SAMPLE})")
+    p.add_argument("--max-length", type=int, default=None, help=f"tokens (default {MAX_LENGTH})")
+    p.add_argument("--skip", default="", help="comma list of steps to skip: data,features,analysis,id")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sample = args.sample or (QUICK["SAMPLE"] if args.quick else SAMPLE)
+    max_length = args.max_length or (QUICK["MAX_LENGTH"] if args.quick else MAX_LENGTH)
+    features_dir = QUICK["FEATURES_DIR"] if args.quick else FEATURES_DIR
+    skip = set(filter(None, args.skip.split(",")))
+    quick = ["--quick"] if args.quick else []
+    began = time.perf_counter()
+    timings = {}
+
+    if "data" not in skip:
+        t = step("1/4 datasets")
+        call(["data/prepare.py"])
+        timings["data"] = time.perf_counter() - t
+
+    if "features" not in skip:
+        t = step(f"2/4 features: {len(DATASETS)} datasets x {sample} texts, max {max_length} tokens")
+        from extract_features import extract_features
+        for name in DATASETS:
+            extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
+                             batch_size=BATCH_SIZE, save_hidden=True, features_dir=features_dir)
+        for name in DETECTION_DATASETS:  # the 3-layer detector's own (early-exit) latency
+            extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
+                             batch_size=BATCH_SIZE, layers="0-2", with_id=False, features_dir=features_dir)
+        timings["features"] = time.perf_counter() - t
+
+    if "analysis" not in skip:
+        t = step("3/4 statistic_analysis.py")
+        call(["statistic_analysis.py"] + quick)
+        timings["analysis"] = time.perf_counter() - t
+
+    if "id" not in skip:
+        t = step("4/4 intrinsic-dimension experiment")
+        for category in CATEGORIES:
+            call(["ID_estimation.py", "--category", category, "--model", args.model] + quick)
+        call(["toxicity_id_eval/id_plotting.py", "--category", "all"])
+        timings["id"] = time.perf_counter() - t
+
+    total = time.perf_counter() - began
+    print("\n" + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + f"; total {total / 60:.1f} min")
+    print(f"Done. Results: {ROOT / 'RESULTS.md'} (tables/, figures/, results.json beside it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
