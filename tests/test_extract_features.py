@@ -127,3 +127,26 @@ def test_layer_selection_and_sampling(tmp_path, tiny_llama_dir):
     assert len(sampled) == 4 and sampled["text"].tolist() == [PROMPTS[i] for i in sampled["row_id"]]
     assert ef.parse_layers("0-2,5", 8) == [0, 1, 2, 5] and ef.parse_layers("all", 3) == [0, 1, 2]
     assert str(ef.default_out("org/Model-7b", "rtp", [0, 1, 2], 30)) == "features/Model-7b/layers0-2/rtp.parquet"
+
+
+def test_accelerate_launch_splits_rows_and_merges(tmp_path, tiny_llama_dir):
+    """`accelerate launch` with 2 CPU processes gives the same file as one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    texts = tmp_path / "in.txt"
+    texts.write_text("\n".join(PROMPTS) + "\n")
+    launcher = Path(sys.executable).with_name("accelerate")
+    env = dict(os.environ, PYTHONPATH=str(Path(ef.__file__).parent))
+    done = subprocess.run([str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", ef.__file__, "--texts", str(texts),
+                           "--model", str(tiny_llama_dir), "--out", str(tmp_path / "multi.parquet"), "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    multi = load_features(tmp_path / "multi.parquet")
+    single = load_features(run(tmp_path, texts, model=tiny_llama_dir, name="single.parquet"))
+    assert multi[2]["row_id"].tolist() == list(range(len(PROMPTS)))
+    np.testing.assert_allclose(multi[0], single[0], atol=1e-6)
+    np.testing.assert_array_equal(multi[1], single[1])
+    assert not list(tmp_path.glob("multi.rank*"))
