@@ -226,5 +226,8 @@ def _wrap_attention(model: nn.Module) -> None:
 def instrument(model: nn.Module) -> nn.Module:
     """Instrument any supported model in place; ``model.spline_recorder.run(...)`` then extracts."""
     if getattr(model, "spline_recorder", None) is None:
-        model.__dict__["spline_recorder"] = SplineRecorder(model)
+        recorder = SplineRecorder(model)
+        model.__dict__["spline_recorder"] = recorder
+        if not hasattr(model, "spline_features"):  # Spline* classes define it; give others the same call
+            model.__dict__["spline_features"] = recorder.run
     return model

