@@ -240,15 +240,24 @@ def _merge_shards(final_out: Path, own: Path, world: int) -> None:
     state.wait_for_everyone()
 
 
-def _tokenize(tokenizer, texts: list[str], max_length: int):
-    """Token ids per text (special tokens as the tokenizer adds them), truncated to max_length."""
-    ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-    truncated = np.array([len(x) > max_length for x in ids])
-    if truncated.any():
-        again = tokenizer([t for t, cut in zip(texts, truncated) if cut], truncation=True, max_length=max_length)
-        for i, row in zip(np.flatnonzero(truncated), again["input_ids"]):
-            ids[i] = row
-    return ids, truncated
+def _tokenize(tokenizer, texts: list[str], max_length: int, chunk: int = 1024):
+    """Token ids per text (special tokens as the tokenizer adds them), truncated to max_length.
+
+    Tokenised in chunks and kept as int32 arrays, so the ids of a 20,000-prompt run take a few MB
+    instead of Python lists of Python ints.
+    """
+    ids, truncated = [], []
+    for start in range(0, len(texts), chunk):
+        part = texts[start:start + chunk]
+        rows = tokenizer(part, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        cut = [len(row) > max_length for row in rows]
+        if any(cut):
+            again = iter(tokenizer([t for t, c in zip(part, cut) if c], truncation=True,
+                                   max_length=max_length)["input_ids"])
+            rows = [next(again) if c else row for row, c in zip(rows, cut)]
+        ids.extend(np.asarray(row, dtype=np.int32) for row in rows)
+        truncated.extend(cut)
+    return ids, np.array(truncated, dtype=bool)
 
 
 def _run(model, tokenizer, todo: pd.DataFrame, writer: FeatureWriter, layers, batch_size, max_length, with_id,
@@ -287,9 +296,8 @@ def _run(model, tokenizer, todo: pd.DataFrame, writer: FeatureWriter, layers, ba
             value.clear()
 
     # One untimed warm-up pass, so the first batch's latency is not inflated by lazy initialisation.
-    first = ids[order[0]][:8]
-    model.spline_recorder.run(torch.tensor([first]), torch.ones(1, len(first), dtype=torch.bool), layers, with_id,
-                              save_hidden)
+    first = torch.from_numpy(ids[order[0]][:8]).long()[None]
+    model.spline_recorder.run(first, torch.ones_like(first, dtype=torch.bool), layers, with_id, save_hidden)
     bar = tqdm(total=len(order), unit="prompt", desc=f"features {desc}", disable=not progress, smoothing=0.1)
     try:
         for start in range(0, len(order), batch_size):
@@ -300,7 +308,7 @@ def _run(model, tokenizer, todo: pd.DataFrame, writer: FeatureWriter, layers, ba
             for row, i in enumerate(batch):
                 n = lengths[i]
                 span = slice(width - n, width) if tokenizer.padding_side == "left" else slice(0, n)
-                input_ids[row, span] = torch.tensor(ids[i])
+                input_ids[row, span] = torch.from_numpy(ids[i])
                 mask[row, span] = True
             began = time.perf_counter()
             result = model.spline_recorder.run(input_ids, mask, layers, with_id, save_hidden)
