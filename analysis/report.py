@@ -1,0 +1,83 @@
+"""Tables (Markdown + LaTeX), results.json and RESULTS.md."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def pct(value, std=None, digits=2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    text = f"{100 * value:.{digits}f}"
+    if std is not None and isinstance(std, float) and math.isfinite(std):
+        text += f" ± {100 * std:.{digits}f}"
+    return text
+
+
+def num(value, fmt="{:.4f}") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return fmt.format(value)
+
+
+@dataclass
+class Table:
+    name: str
+    caption: str
+    columns: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = [f"**{self.caption}**", "",
+                 "| " + " | ".join(self.columns) + " |",
+                 "|" + "|".join("---" for _ in self.columns) + "|"]
+        lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in self.rows]
+        if self.notes:
+            lines += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def latex(self) -> str:
+        esc = _latex_escape
+        spec = "l" + "r" * (len(self.columns) - 1)
+        lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(self.caption)}}}",
+                 f"\\label{{tab:{self.name}}}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+                 " & ".join(esc(c) for c in self.columns) + " \\\\", "\\midrule"]
+        lines += [" & ".join(esc(str(c)) for c in row) + " \\\\" for row in self.rows]
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        if self.notes:
+            lines += ["\\\\[2pt]", "{\\footnotesize " + esc(" ".join(self.notes)) + "}"]
+        lines += ["\\end{table}"]
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir: Path) -> None:
+        tables = Path(out_dir) / "tables"
+        tables.mkdir(parents=True, exist_ok=True)
+        (tables / f"{self.name}.md").write_text(self.markdown())
+        (tables / f"{self.name}.tex").write_text(self.latex())
+
+
+def _latex_escape(text: str) -> str:
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+            "±": r"$\pm$", "≤": r"$\leq$", "·": r"$\cdot$"}
+    return "".join(repl.get(ch, ch) for ch in text)
+
+
+def _clean(obj):
+    """JSON-able, with NaN/inf as null and numpy scalars as Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(_clean(data), indent=1, sort_keys=True) + "\n")
