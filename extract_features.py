@@ -126,11 +126,13 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
                      device: str | None = None, device_map=None, with_id: bool = True, save_hidden: bool = False,
                      limit: int | None = None, sample: int | None = None, seed: int = 0,
                      text_column: str = "text", padding_side: str = PADDING_SIDE,
-                     overwrite: bool = False, progress: bool = True, flush_every: int = FLUSH_EVERY,
+                     overwrite: bool = False, replace_stale: bool = False, progress: bool = True, flush_every: int = FLUSH_EVERY,
                      features_dir=FEATURES_DIR) -> Path:
     """Extract features of ``texts`` (a file path, a DataFrame or a list of strings) or of ``dataset``.
 
-    Returns the path of the finished parquet file. Empty and whitespace-only texts are skipped
+    Returns the path of the finished parquet file. An output (or interrupted run) with the same
+    settings is reused (resumed); one with other settings is an error, unless ``overwrite`` (always
+    start over) or ``replace_stale`` (start over only then). Empty and whitespace-only texts are skipped
     (counted, with a warning); texts longer than ``max_length`` tokens are truncated and flagged.
     """
     # Imported here so that `--help`, bad arguments and reading features never load torch models.
@@ -192,7 +194,7 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
         frame = frame.iloc[rank::world]
         out = out.with_name(f"{out.stem}.rank{rank}of{world}{out.suffix}")
         settings["shard"] = f"{rank}/{world}"
-    writer = FeatureWriter(out, settings, overwrite=overwrite)
+    writer = FeatureWriter(out, settings, overwrite=overwrite, replace_stale=replace_stale)
 
     empty = frame["text"].str.strip() == ""
     if empty.any():

@@ -14,6 +14,7 @@ This module needs no torch, so analysis scripts load features without importing 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 # The paper's 7 statistics per layer, in its order (see shared/reference/PAPER.md).
 FEATURE_STATS = ("frac_mean", "frac_min", "frac_max", "frac_std", "dist_min", "dist_mean", "dist_std")
 METADATA_KEY = b"spline_geometry"
+log = logging.getLogger("feature_io")
 LIST_COLUMNS = ("spline_features", "intrinsic_dimension", "hidden_mean")
 
 
@@ -67,10 +69,12 @@ class FeatureWriter:
     silently mixing two runs in one file.
     """
 
-    def __init__(self, out_path, settings: dict, overwrite: bool = False):
+    def __init__(self, out_path, settings: dict, overwrite: bool = False, replace_stale: bool = False):
         self.out_path = Path(out_path)
         self.parts_dir = self.out_path.with_name(self.out_path.name + ".parts")
         self.settings = json.loads(json.dumps(settings))  # normalise tuples, numpy scalars
+        if replace_stale and not overwrite:
+            overwrite = self._stale()
         if overwrite:
             shutil.rmtree(self.parts_dir, ignore_errors=True)
             self.out_path.unlink(missing_ok=True)
@@ -96,6 +100,20 @@ class FeatureWriter:
         else:
             self.parts_dir.mkdir(parents=True)
             (self.parts_dir / "run.json").write_text(json.dumps(self.settings, indent=1))
+
+    def _stale(self) -> bool:
+        """True when an existing output or interrupted run was made with other settings."""
+        if self.out_path.exists():
+            old = read_feature_metadata(self.out_path).get("settings")
+        elif (self.parts_dir / "run.json").exists():
+            old = json.loads((self.parts_dir / "run.json").read_text())
+        else:
+            return False
+        if old != self.settings:
+            log.warning("%s was made with other settings (%s): extracting again", self.out_path,
+                        _diff(old, self.settings))
+            return True
+        return False
 
     @property
     def complete(self) -> bool:

@@ -150,3 +150,11 @@ def test_accelerate_launch_splits_rows_and_merges(tmp_path, tiny_llama_dir):
     np.testing.assert_allclose(multi[0], single[0], atol=1e-6)
     np.testing.assert_array_equal(multi[1], single[1])
     assert not list(tmp_path.glob("multi.rank*"))
+
+
+def test_replace_stale_reextracts_only_when_settings_changed(tmp_path, tiny_llama_dir, monkeypatch):
+    out = run(tmp_path, model=tiny_llama_dir, max_length=50)
+    first = out.stat().st_mtime_ns
+    assert run(tmp_path, model=tiny_llama_dir, max_length=50, replace_stale=True).stat().st_mtime_ns == first
+    run(tmp_path, model=tiny_llama_dir, max_length=6, replace_stale=True)
+    assert read_feature_metadata(out)["max_length"] == 6
