@@ -90,13 +90,13 @@ def parse_layers(spec, n_layers: int) -> list[int]:
     return layers
 
 
-def _slug(model: str) -> str:
+def model_slug(model: str) -> str:
     return Path(str(model).rstrip("/")).name.removesuffix(".gguf")
 
 
 def default_out(model: str, name: str, layers: list[int], n_layers: int, root=FEATURES_DIR) -> Path:
     """features/<model>/<name>.parquet, or features/<model>/layers<spans>/<name>.parquet for a subset."""
-    folder = Path(root) / _slug(model)
+    folder = Path(root) / model_slug(model)
     if layers != list(range(n_layers)):
         spans = _spans(layers)
         folder = folder / f"layers{spans}"

@@ -8,8 +8,8 @@ features made with other settings, after a constant was edited, are extracted ag
   1. prepare the packaged datasets (data/prepare.py)
   2. extract spline features + ID of a seeded sample of each dataset, all layers (features/<model>/)
      and, for the toxicity detector's latency, the first 3 layers with early exit (layers0-2/)
-  3. statistic_analysis.py: every table and figure, results.json and RESULTS.md
-  4. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories
+  3. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories
+  4. statistic_analysis.py: every table and figure, results.json and RESULTS.md
 Settings are the constants below (edit and rerun, as in nanoGPT), or flags.
 """
 from __future__ import annotations
@@ -83,17 +83,18 @@ def main(argv=None) -> int:
                              replace_stale=True)
         timings["features"] = time.perf_counter() - t
 
-    if "analysis" not in skip:
-        t = step("3/4 statistic_analysis.py")
-        call(["statistic_analysis.py"] + quick)
-        timings["analysis"] = time.perf_counter() - t
-
     if "id" not in skip:
-        t = step("4/4 intrinsic-dimension experiment")
+        t = step("3/4 intrinsic-dimension experiment")
         # All four categories in one call: their prompts share length-sorted batches.
         call(["ID_estimation.py", "--category", "all", "--model", args.model] + quick)
         call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick)
         timings["id"] = time.perf_counter() - t
+
+    if "analysis" not in skip:
+        t = step("4/4 statistic_analysis.py (RESULTS.md includes the ID experiment)")
+        from extract_features import model_slug
+        call(["statistic_analysis.py", "--features-dir", f"{features_dir}/{model_slug(args.model)}"] + quick)
+        timings["analysis"] = time.perf_counter() - t
 
     total = time.perf_counter() - began
     print("\n" + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + f"; total {total / 60:.1f} min")

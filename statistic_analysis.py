@@ -70,6 +70,7 @@ HEATMAP_FOLDS = 3
 TSNE_MAX_POINTS = 2000
 TSNE_ITER = 1000
 PCA_MAX_POINTS = 6000
+ID_RESULTS = "toxicity_id_eval/results"  # ID_estimation.py's summary.json (quick: its quick/), shown if present
 EXPERIMENTS = ("detection", "shortcut", "domains", "multilabel", "semi", "heatmaps", "embedding")
 QUICK = dict(MAX_ROWS_PER_DATASET=120, FOLDS=3, RF_TREES=20, SEMI_FOLDS=2, HEATMAP_FOLDS=2,
              TSNE_MAX_POINTS=250, TSNE_ITER=250, SELF_TRAIN_MAX_ITER=2, MULTILABEL_FRACTIONS=(0.10, 1.0))
@@ -78,8 +79,7 @@ JIGSAW_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identi
 # Dataset specs: "name" = every row of features/<model>/name.parquet; "name:toxic" / "name:clean"
 # = its rows whose `toxic` column is 1 / 0.
 EMBEDDED_DOMAINS = ["dm_mathematics", "pubmed", "code", "legal", "questions"]
-PILE_SUBSETS = ["pile_dm_mathematics", "pile_freelaw", "pile_github", "pile_pubmed_abstracts",
-                "pile_uspto_backgrounds"]
+PILE_SUBSETS = ["pile_dm_mathematics", "pile_freelaw", "pile_github", "pile_pubmed", "pile_uspto"]
 PRESETS = {
     "embedded": dict(
         TOXIC=["rtp:toxic", "slurs"],

@@ -1,6 +1,7 @@
 """The seven experiments of statistic_analysis.py. Each returns (results dict, tables, figures)."""
 from __future__ import annotations
 
+import json
 import math
 import platform
 from pathlib import Path
@@ -554,4 +555,29 @@ def _results_md(run: Run, results: dict, sections) -> str:
         for f in figures:
             rel = Path(f).relative_to(run.out)
             lines += [f"![{Path(f).stem}]({rel.as_posix()})", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _id_section(run))
+
+
+def _id_section(run: Run) -> list[str]:
+    """The ID experiment's verdict (ID_estimation.py + id_plotting.py), when its summary exists."""
+    folder = Path(run.cfg["ID_RESULTS"])
+    folder = folder if folder.is_absolute() else Path(__file__).resolve().parent.parent / folder
+    summary = folder / ("quick" if run.cfg["QUICK_MODE"] else "") / "summary.json"
+    if not summary.exists():
+        return []
+    pooled = json.loads(summary.read_text())["pooled"]
+    lines = ["## 8. Attention intrinsic dimension against prepended context", "",
+             f"From `{_rel(summary)}` (ID_estimation.py, {pooled['n']} prompts; answers labelled by "
+             "alt-profanity-check, see toxicity_id_eval/README.md).", "",
+             "| words prepended | context (tokens) | mean ID over layers | toxic answers | refusals |",
+             "|---|---|---|---|---|"]
+    for row in pooled["by_prepend_length"]:
+        lines.append(f"| {row['prepend_words']} | {row['context_length']:.0f} | {row['id_mean']:.1f} | "
+                     f"{row['toxic_rate'] * 100:.0f} % | {row['refusal_rate'] * 100:.0f} % |")
+    rho = pooled["spearman_context_vs_id_mean"]
+    lines += ["", f"- Spearman(context length, mean ID) = {rho['rho']:.2f} (p = {rho['p']:.1g}); "
+              f"verdict: {pooled['verdict']}."]
+    figure = run.out / "figures" / "id_all.png"
+    if figure.exists():
+        lines += ["", "![id_all](figures/id_all.png)"]
+    return lines + [""]
