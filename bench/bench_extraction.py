@@ -1,0 +1,883 @@
+"""Extraction throughput, side by side in one run, on the same prompts, batches, model and dtype.
+
+    .venv/bin/python bench/bench_extraction.py                  # default run (~10 min on 2 CPU cores)
+    .venv/bin/python bench/bench_extraction.py --tiny           # seconds: checks that everything runs
+    .venv/bin/python bench/bench_extraction.py --update-readme  # also paste the table into bench/README.md
+
+Methods, timed batch by batch in turn (so a noisy neighbour slows all of them alike):
+  bare forward      the stock model called on the padded batch (use_cache=False, logits included): the floor
+  ours              this project's extraction (SplineRecorder.run + host copy + parquet file), all layers and
+                    the first 3 layers, with and without the attention ID
+  paper             the paper's approach re-created: a stock model with forward hooks on every gate_proj that
+                    compute the statistics of ONE prompt (batch 1, no padding) and call .tolist() in every
+                    layer; rows stored as stringified lists in a CSV; the ID from output_attentions=True with
+                    eager attention
+  nnsight           a general tracing library computing the same statistics inside a trace, run in its own
+                    process (bench/nnsight_worker.py; `pip install -r bench/requirements.txt`)
+Also: loading N rows of features from our parquet file against parsing the paper-style CSV, and the
+peak RSS of a 1,000 against a 20,000-prompt extraction (short prompts, layer 0 only, each in its own
+process). Every value below can be overridden on the command line; results go to --out-dir as
+bench.json and bench.md.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import functools
+import gc
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+# -- settings (each one is a command-line flag too) ----------------------------------------------
+MODEL = "smollm2-135m"
+N_PROMPTS = 240           # real prompts of mixed lengths (~11% padding in batches of 16)
+MIN_TOKENS = 8            # prompt lengths are drawn log-uniformly in [MIN_TOKENS, MAX_TOKENS]
+MAX_TOKENS = 400
+BATCH_SIZE = 16           # extract_features' default; batches are length-sorted, longest first
+REPEATS = 2               # full sweeps over the prompts; the median is reported
+FIRST_LAYERS = 3          # the "first k layers" variant (early exit)
+LOAD_ROWS = 5000          # rows in the files of the loading benchmark
+MEMORY_RUNS = (1000, 20000)
+MEMORY_LAYERS = "0"       # the memory runs keep layer 0 only (early exit) so 20,000 prompts fit the budget
+DEVICE = None             # default: cuda when available, else cpu
+DTYPE = "auto"            # fp32 on CPU, bf16 on GPU (as extract_features)
+THREADS = 0               # torch threads; 0 keeps torch's default
+SEED = 0
+# data.load_dataset names tried first (toxic + clean domains), if already prepared; local text otherwise
+PROMPT_DATASETS = ("rtp", "pubmed", "legal")
+OUT_DIR = REPO / "bench" / "results"
+README = REPO / "bench" / "README.md"
+README_BEGIN = "<!-- bench:begin -->"
+README_END = "<!-- bench:end -->"
+
+METHODS = {  # key: (label, family, layers "all"/"first", with_id)
+    "bare": ("bare forward (stock model, logits)", "bare", "all", False),
+    "ours_all_id": ("ours, all layers + ID", "ours", "all", True),
+    "ours_all": ("ours, all layers", "ours", "all", False),
+    "ours_first_id": ("ours, first 3 layers + ID", "ours", "first", True),
+    "ours_first": ("ours, first 3 layers", "ours", "first", False),
+    "paper_id": ("paper's approach, all layers + ID", "paper", "all", True),
+    "paper": ("paper's approach, all layers", "paper", "all", False),
+    "nnsight": ("nnsight trace, all layers", "nnsight", "all", False),
+}
+
+
+# -- prompts ---------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _local_documents() -> tuple[list[str], str]:
+    """Real English text that ships with the machine: license texts and the standard library's docstrings."""
+    docs = []
+    for path in sorted(Path("/usr/share/common-licenses").glob("*")):
+        if path.is_file():
+            docs.extend(p for p in re.split(r"\n\s*\n", path.read_text(errors="replace")) if p.strip())
+    import ast as _ast
+    stdlib = Path(os.__file__).parent
+    for path in sorted(stdlib.glob("*.py"))[:60]:
+        try:
+            tree = _ast.parse(path.read_text(errors="replace"))
+        except (SyntaxError, ValueError):
+            continue
+        for node in _ast.walk(tree):
+            if isinstance(node, (_ast.Module, _ast.ClassDef, _ast.FunctionDef)):
+                doc = _ast.get_docstring(node)
+                if doc and len(doc.split()) >= 6:
+                    docs.append(doc)
+    return [" ".join(d.split()) for d in docs], "local text (license texts and Python standard-library docstrings)"
+
+
+def _dataset_documents() -> tuple[list[str], str]:
+    try:
+        from data import load_dataset
+    except Exception:  # noqa: BLE001 - data/ may be missing or half-written
+        return [], ""
+    pools, names = [], []
+    for name in PROMPT_DATASETS:
+        try:
+            frame = load_dataset(name, prepare=False)  # never prepares (downloads) a dataset here
+            texts = [" ".join(str(t).split()) for t in frame["text"].tolist() if str(t).strip()]
+        except Exception:  # noqa: BLE001 - a dataset that cannot be prepared here is skipped
+            continue
+        if texts:
+            pools.append(texts)
+            names.append(name)
+    if not pools:
+        return [], ""
+    docs = [t for group in zip(*[random.Random(SEED).sample(p, len(p)) for p in pools]) for t in group]
+    return docs, "datasets " + " + ".join(names)
+
+
+def make_prompts(tokenizer, n: int, lo: int, hi: int, seed: int, datasets: bool = True) -> tuple[list[str], str]:
+    """n prompts of real text whose token counts are spread log-uniformly over [lo, hi] (or shorter docs)."""
+    docs, origin = _dataset_documents() if datasets else ([], "")
+    if len(docs) < n:
+        local, origin = _local_documents()
+        docs = docs + local
+    rng = random.Random(seed)
+    docs = [d for d in docs if d]
+    rng.shuffle(docs)
+    # One long stream of words for prompts longer than their document.
+    words = " ".join(docs).split()
+    prompts = []
+    for i in range(n):
+        target = int(round(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
+        doc = docs[i % len(docs)]
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        if len(ids) < target:  # a long window of the word stream instead
+            start = rng.randrange(0, max(1, len(words) - hi))
+            doc = " ".join(words[start:start + hi])
+            ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        prompts.append(tokenizer.decode(ids[:target]).strip() or doc[:50])
+    return prompts, origin
+
+
+def make_batches(tokenizer, prompts: list[str], batch_size: int, max_length: int = 1024):
+    """Length-sorted (longest first) right-padded batches, as extract_features builds them."""
+    ids = [x[:max_length] for x in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+    lengths = np.array([len(x) for x in ids])
+    order = [int(i) for i in np.argsort(-lengths, kind="stable")]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = int(lengths[rows].max())
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            input_ids[r, :lengths[i]] = torch.tensor(ids[i])
+            mask[r, :lengths[i]] = 1
+        batches.append({"rows": rows, "ids": input_ids, "mask": mask, "lengths": lengths[rows].tolist()})
+    return batches, lengths
+
+
+# -- memory ----------------------------------------------------------------------------------------
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class PeakRSS:
+    """Samples a process's resident memory every few ms; ``window()`` gives the peak above the start."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.pid, self.peak = interval, os.getpid(), 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            rss = _rss_bytes(self.pid)
+            if rss > self.peak:
+                self.peak = rss
+
+    def start(self, pid: int | None = None) -> int:
+        self.pid = pid or os.getpid()
+        base = _rss_bytes(self.pid)
+        self.peak = base
+        return base
+
+    def stop(self, base: int) -> float:
+        self.peak = max(self.peak, _rss_bytes(self.pid))
+        return (self.peak - base) / 2**20
+
+    def close(self):
+        self._stop.set()
+
+
+# -- the contenders --------------------------------------------------------------------------------
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class Bare:
+    def __init__(self, model, device):
+        self.model, self.device = model, device
+
+    @torch.inference_mode()
+    def run_batch(self, k, batch):
+        out = self.model(input_ids=batch["ids"].to(self.device), attention_mask=batch["mask"].to(self.device),
+                         use_cache=False)
+        sync(self.device)
+        del out
+
+    def begin(self, workdir):
+        pass
+
+    def end(self):
+        return None
+
+
+class Ours:
+    """This project's extraction loop: recorder.run per batch, one host copy, parquet parts and merge."""
+
+    def __init__(self, model, device, layers, with_id, texts):
+        self.model, self.device, self.layers, self.with_id, self.texts = model, device, layers, with_id, texts
+
+    def begin(self, workdir: Path):
+        self.out = workdir / "ours.parquet"
+        self.chunks, self.rows, self.ids_chunks = [], [], []
+
+    def run_batch(self, k, batch):
+        result = self.model.spline_recorder.run(batch["ids"], batch["mask"], self.layers, self.with_id)
+        self.chunks.append(result["spline"].flatten(1).float().cpu().numpy())
+        if self.with_id:
+            self.ids_chunks.append(result["ids"].cpu().numpy().astype(np.int32))
+        self.rows.extend(batch["rows"])
+
+    def end(self):
+        """Stream to parts and merge, as extract_features does (timed as part of the method)."""
+        from feature_io import FeatureWriter
+        writer = FeatureWriter(self.out, {"bench": True}, overwrite=True)
+        frame = pd.DataFrame({"row_id": np.array(self.rows, dtype=np.int64),
+                              "text": [self.texts[i] for i in self.rows]})
+        writer.write(frame, {"spline_features": np.concatenate(self.chunks),
+                             "intrinsic_dimension": np.concatenate(self.ids_chunks) if self.with_id else None})
+        layers = self.layers or list(range(self.model.spline_recorder.n_layers))
+        from feature_io import feature_names
+        writer.finish({"model": "bench", "layers": layers, "feature_names": feature_names(layers),
+                       "with_id": self.with_id})
+        order = np.argsort(self.rows)
+        self.ids_by_row = np.concatenate(self.ids_chunks)[order] if self.with_id else None
+        return np.concatenate(self.chunks)[order]
+
+
+class Paper:
+    """The paper's per-prompt approach, re-created: hooks + .tolist() in every layer, CSV of stringified lists."""
+
+    def __init__(self, model, device, gates, with_id, texts):
+        self.model, self.device, self.gates, self.with_id, self.texts = model, device, gates, with_id, texts
+        self.norms = [g.weight.float().norm(dim=1) for g in gates]
+        self.current: list = []
+        for index, gate in enumerate(gates):
+            gate.register_forward_hook(self._hook(index))
+
+    def _hook(self, index):
+        def hook(module, inputs, output):
+            h = output[0].float()                                   # [T, D]: one prompt, no padding
+            frac = (h > 0).float().mean(dim=1)
+            dist = (h.abs() / self.norms[index]).min(dim=1).values
+            stats = torch.stack([frac.mean(), frac.min(), frac.max(), frac.std(),
+                                 dist.min(), dist.mean(), dist.std()])
+            self.current.append(stats.tolist())                     # host sync in every layer
+        return hook
+
+    def begin(self, workdir: Path):
+        self.path = workdir / ("paper_id.csv" if self.with_id else "paper.csv")
+        self.file = open(self.path, "w", newline="")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(["row_id", "text", "spline_features", "intrinsic_dimension"])
+        self.done, self.done_ids = {}, {}
+
+    @torch.inference_mode()
+    def run_batch(self, k, batch):
+        for row, n in zip(batch["rows"], batch["lengths"]):
+            ids = batch["ids"][batch["rows"].index(row), :n][None].to(self.device)
+            self.current = []
+            out = self.model(input_ids=ids, output_attentions=self.with_id, use_cache=False)
+            id_list = []
+            if self.with_id:
+                for attention in out.attentions:
+                    a = attention[0, :, -1, :]                      # [heads, keys]: the last token's row
+                    id_list.append((a > 0.1 * a.max(dim=-1, keepdim=True).values).sum().tolist())
+            self.writer.writerow([row, self.texts[row], str(self.current), str(id_list)])
+            self.done[row] = self.current
+            self.done_ids[row] = id_list
+
+    def end(self):
+        self.file.close()
+        self.ids_by_row = np.array([self.done_ids[r] for r in sorted(self.done)]) if self.with_id else None
+        return np.array([self.done[r] for r in sorted(self.done)], dtype=np.float32).reshape(len(self.done), -1)
+
+
+class NNsightProcess:
+    """Drives bench/nnsight_worker.py: one batch per command, timed by the worker itself."""
+
+    def __init__(self, source, extra, batches, device, dtype, threads, workdir: Path):
+        self.error, self.version, self.proc = None, None, None
+        npz = workdir / "batches.npz"
+        np.savez(npz, **{f"ids_{k}": b["ids"].numpy() for k, b in enumerate(batches)},
+                 **{f"mask_{k}": b["mask"].numpy() for k, b in enumerate(batches)})
+        cmd = [sys.executable, str(Path(__file__).with_name("nnsight_worker.py")), "--model-path", str(source),
+               "--batches", str(npz), "--device", device, "--dtype", str(dtype).removeprefix("torch."),
+               "--threads", str(threads)]
+        if extra.get("gguf_file"):
+            cmd += ["--gguf-file", extra["gguf_file"]]
+        self.stderr = open(workdir / "nnsight_worker.log", "w")
+        env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, env=env)
+        hello = self._read()
+        if not hello or not hello.get("ready"):
+            self.error = (hello or {}).get("error") or "the nnsight worker exited: see nnsight_worker.log"
+            self.close()
+        else:
+            self.version = hello.get("nnsight")
+        self.last_cuda_peak = None
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        return json.loads(line) if line.strip() else None
+
+    def begin(self, workdir):
+        self.workdir = workdir
+
+    def run_batch(self, k, batch):
+        self.proc.stdin.write(f"run {k}\n")
+        self.proc.stdin.flush()
+        reply = self._read()
+        if reply is None:
+            raise RuntimeError("the nnsight worker died: see nnsight_worker.log")
+        self.last_cuda_peak = reply.get("cuda_peak_mib")
+        return reply["elapsed"]
+
+    def features(self, rows_in_batch_order):
+        path = self.workdir / "nnsight_features.npy"
+        self.proc.stdin.write(f"dump {path}\n")
+        self.proc.stdin.flush()
+        self._read()
+        feats = np.load(path)
+        return feats.reshape(len(feats), -1)[np.argsort(rows_in_batch_order)]
+
+    def end(self):
+        return None
+
+    def close(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+        self.stderr.close()
+
+
+# -- loading benchmark -----------------------------------------------------------------------------
+def bench_loading(ours_file: Path, paper_csv: Path, n_rows: int, workdir: Path, repeats: int) -> dict:
+    """Time loading n_rows of features: our parquet via load_features against the paper-style CSV."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from feature_io import load_features
+
+    table = pq.read_table(ours_file)
+    reps = -(-n_rows // table.num_rows)
+    big = pa.concat_tables([table] * reps).slice(0, n_rows)
+    big = big.set_column(0, "row_id", pa.array(np.arange(n_rows, dtype=np.int64)))
+    parquet_path = workdir / f"load_{n_rows}.parquet"
+    pq.write_table(big, parquet_path)
+    with open(paper_csv, newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    csv_path = workdir / f"load_{n_rows}.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for i in range(n_rows):
+            row = list(body[i % len(body)])
+            row[0] = str(i)
+            writer.writerow(row)
+
+    def load_ours():
+        spline, ids, meta = load_features(parquet_path)
+        return spline
+
+    def load_csv(parse):
+        spline, ids = [], []
+        with open(csv_path, newline="") as f:
+            reader = csv.reader(f)
+            next(reader)
+            for row in reader:
+                spline.append(parse(row[2]))
+                ids.append(parse(row[3]))
+        return np.array(spline, dtype=np.float32)
+
+    def timed(fn):
+        times = []
+        for _ in range(repeats):
+            gc.collect()
+            began = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - began)
+        return statistics.median(times), out
+
+    t_ours, a = timed(load_ours)
+    t_ast, b = timed(lambda: load_csv(ast.literal_eval))
+    t_json, c = timed(lambda: load_csv(json.loads))
+    assert a.shape[0] == b.shape[0] == c.shape[0] == n_rows
+    return {"rows": n_rows, "ours_s": t_ours, "csv_literal_eval_s": t_ast, "csv_json_s": t_json,
+            "parquet_mib": parquet_path.stat().st_size / 2**20, "csv_mib": csv_path.stat().st_size / 2**20,
+            "speedup_vs_literal_eval": t_ast / t_ours, "speedup_vs_json": t_json / t_ours}
+
+
+# -- memory scaling (subprocesses) -----------------------------------------------------------------
+MEMORY_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {repo!r})
+import torch
+torch.set_num_threads({threads})
+import model_loading
+from extract_features import extract_features
+
+def status(key):  # VmHWM: peak RSS of this process image (ru_maxrss would carry the parent's over exec)
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return None
+
+after_load = {{}}
+load_model = model_loading.load_model
+def loaded(*args, **kwargs):
+    model = load_model(*args, **kwargs)
+    after_load["rss_mib"], after_load["hwm_mib"] = status("VmRSS"), status("VmHWM")
+    try:  # reset the high-water mark: what follows is the extraction's own peak
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        after_load["reset"] = True
+    except OSError:
+        after_load["reset"] = False
+    return model
+model_loading.load_model = loaded
+
+texts = json.load(open({texts!r}))[:{n}]
+t = time.perf_counter()
+extract_features(texts, out={out!r}, model={model!r}, layers={layers!r}, batch_size={batch_size}, dtype={dtype!r},
+                 device={device!r}, with_id=True, progress=False, overwrite=True)
+print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss_mib": status("VmHWM"),
+                  "rss_after_load_mib": after_load.get("rss_mib"), "load_peak_mib": after_load.get("hwm_mib"),
+                  "peak_is_after_load": after_load.get("reset")}}))
+"""
+
+
+def bench_memory(sizes, model, workdir: Path, batch_size, dtype, device, threads, seed) -> dict:
+    """Peak RSS of whole extract_features runs on n short prompts, each run in a fresh process."""
+    rng = random.Random(seed)
+    local, _ = _local_documents()
+    words = " ".join(local).split()
+    texts = []
+    for _ in range(max(sizes)):
+        start = rng.randrange(0, len(words) - 20)
+        texts.append(" ".join(words[start:start + rng.randint(4, 16)]))
+    texts_path = workdir / "memory_texts.json"
+    texts_path.write_text(json.dumps(texts))
+    out = {"layers": MEMORY_LAYERS, "prompt_words": "4-16", "runs": []}
+    for n in sizes:
+        code = MEMORY_CHILD.format(repo=str(REPO), threads=threads or torch.get_num_threads(), texts=str(texts_path),
+                                   n=n, out=str(workdir / f"memory_{n}.parquet"), model=model, layers=MEMORY_LAYERS,
+                                   batch_size=batch_size, dtype=dtype, device=device)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(os.environ, TQDM_DISABLE="1"))
+        if proc.returncode != 0:
+            out["runs"].append({"prompts": n, "error": proc.stderr[-2000:]})
+            continue
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["runs"].append({"prompts": n, **result})
+    return out
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def make_tiny_model(folder: Path) -> Path:
+    """A 4-layer random Llama with a word-level tokenizer of local words: the --tiny mode needs no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    if (folder / "config.json").exists():
+        return folder
+    docs, _ = _local_documents()
+    counts: dict[str, int] = {}
+    for word in " ".join(docs).split():
+        counts[word] = counts.get(word, 0) + 1
+    vocab = ["<pad>", "<unk>", "<s>"] + sorted(counts, key=lambda w: -counts[w])[:1000]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
+                                        bos_token="<s>")
+    torch.manual_seed(SEED)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=2)
+    partial = folder.with_name(folder.name + ".partial")
+    LlamaForCausalLM(config).save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    os.replace(partial, folder)
+    return folder
+
+
+def machine_info(device: str) -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import transformers
+    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "device": device}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    return info
+
+
+def run(args, workdir: Path) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from instrument import decoder_layers, find_gate
+    from model_loading import default_device, load_model, load_tokenizer, resolve_dtype, resolve_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or default_device()
+    dtype = resolve_dtype(args.dtype, device)
+    source, extra = resolve_model(args.model)
+    tokenizer = load_tokenizer(args.model, "right")
+    prompts, origin = make_prompts(tokenizer, args.n_prompts, args.min_tokens, args.max_tokens, args.seed,
+                                   datasets=not args.tiny)
+    batches, lengths = make_batches(tokenizer, prompts, args.batch_size)
+    rows_in_batch_order = [r for b in batches for r in b["rows"]]
+    print(f"{len(prompts)} prompts from {origin}: {int(lengths.sum())} tokens, lengths {lengths.min()}-"
+          f"{lengths.max()} (median {int(np.median(lengths))}), {len(batches)} batches of {args.batch_size}",
+          flush=True)
+
+    ours_model = load_model(args.model, dtype=dtype, device=device)
+    n_layers = ours_model.spline_recorder.n_layers
+    first = list(range(min(FIRST_LAYERS, n_layers)))
+
+    def stock(**kw):
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra, **kw).to(device).eval()
+
+    bare_model = stock()
+    paper_model = stock()
+    paper_id_model = stock(attn_implementation="eager")
+    gates = lambda m: [find_gate(layer, i) for i, layer in enumerate(decoder_layers(m))]  # noqa: E731
+    contenders = {
+        "bare": Bare(bare_model, device),
+        "ours_all_id": Ours(ours_model, device, None, True, prompts),
+        "ours_all": Ours(ours_model, device, None, False, prompts),
+        "ours_first_id": Ours(ours_model, device, first, True, prompts),
+        "ours_first": Ours(ours_model, device, first, False, prompts),
+        "paper_id": Paper(paper_id_model, device, gates(paper_id_model), True, prompts),
+        "paper": Paper(paper_model, device, gates(paper_model), False, prompts),
+    }
+    skipped = {}
+    if args.skip_nnsight:
+        skipped["nnsight"] = "skipped (--skip-nnsight)"
+    else:
+        worker = NNsightProcess(source, extra, batches, device, dtype, args.threads, workdir)
+        if worker.error:
+            skipped["nnsight"] = worker.error
+        else:
+            contenders["nnsight"] = worker
+    if skipped:
+        print("not timed:", skipped, flush=True)
+    names = list(contenders)
+    print(f"timing {names} on {device} ({str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads), "
+          f"{args.repeats} repeats", flush=True)
+
+    # Warm-up, untimed: every contender on the shortest batch (the paper's approach on one prompt of it).
+    for name, c in contenders.items():
+        c.begin(workdir)
+        k = len(batches) - 1
+        if isinstance(c, Paper):
+            c.run_batch(k, {**batches[k], "rows": batches[k]["rows"][:1], "lengths": batches[k]["lengths"][:1]})
+            c.file.close()
+        else:
+            c.run_batch(k, batches[k])
+
+    load_before = os.getloadavg()
+    sampler = PeakRSS()
+    times = {n: [] for n in names}
+    peaks = {n: 0.0 for n in names}
+    outputs = {}
+    began_all = time.perf_counter()
+    for rep in range(args.repeats):
+        total = {n: 0.0 for n in names}
+        for c in contenders.values():
+            c.begin(workdir)
+        for k, batch in enumerate(batches):
+            shift = (k + rep) % len(names)  # rotate the order so no method always follows another
+            for name in names[shift:] + names[:shift]:
+                c = contenders[name]
+                is_worker = isinstance(c, NNsightProcess)
+                cuda = device.startswith("cuda")
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                    cuda_base = torch.cuda.memory_allocated()
+                base = sampler.start(c.proc.pid if is_worker else None)
+                sync(device)
+                t0 = time.perf_counter()
+                reported = c.run_batch(k, batch)
+                sync(device)
+                elapsed = reported if is_worker else time.perf_counter() - t0
+                extra_mib = sampler.stop(base)
+                if cuda:
+                    extra_mib = (c.last_cuda_peak or 0.0) if is_worker else \
+                        (torch.cuda.max_memory_allocated() - cuda_base) / 2**20
+                peaks[name] = max(peaks[name], extra_mib)
+                total[name] += elapsed
+            if not args.tiny:
+                print(f"  repeat {rep + 1}, batch {k + 1}/{len(batches)} ({batch['ids'].shape[1]} tokens wide): "
+                      f"{time.perf_counter() - began_all:.0f}s so far", flush=True)
+        for name in names:  # storing the results is part of each method's time
+            t0 = time.perf_counter()
+            result = contenders[name].end()
+            total[name] += time.perf_counter() - t0
+            if result is not None:
+                outputs[name] = result
+            times[name].append(total[name])
+        print(f"repeat {rep + 1}/{args.repeats}: " + ", ".join(f"{n} {total[n]:.1f}s" for n in names), flush=True)
+    sampler.close()
+    wall = time.perf_counter() - began_all
+    if "nnsight" in contenders:
+        outputs["nnsight"] = contenders["nnsight"].features(rows_in_batch_order)
+        contenders["nnsight"].close()
+
+    # Agreement with our features (all prompts have >= 2 tokens, so the paper's std is defined).
+    agreement = {}
+    for name, ref in (("paper", "ours_all"), ("paper_id", "ours_all_id"), ("nnsight", "ours_all")):
+        if name in outputs and ref in outputs:
+            agreement[name] = float(np.nanmax(np.abs(outputs[name] - outputs[ref])))
+    id_agreement = None
+    if "paper_id" in outputs:
+        ours_ids, paper_ids = contenders["ours_all_id"].ids_by_row, contenders["paper_id"].ids_by_row
+        id_agreement = float((ours_ids == paper_ids).mean())
+
+    n = len(prompts)
+    bare_times = times["bare"]
+    methods = {}
+    for name in names:
+        label, family, layer_set, with_id = METHODS[name]
+        med = statistics.median(times[name])
+        ratios = [t / b for t, b in zip(times[name], bare_times)]
+        methods[name] = {"label": label, "family": family, "layers": n_layers if layer_set == "all" else len(first),
+                         "with_id": with_id, "seconds": times[name], "median_s": med, "prompts_per_s": n / med,
+                         "ratio_to_bare": statistics.median(ratios), "peak_extra_mib": peaks[name],
+                         "max_abs_diff_vs_ours": agreement.get(name)}
+    for name, why in skipped.items():
+        label, family, layer_set, with_id = METHODS[name]
+        methods[name] = {"label": label, "family": family, "skipped": why}
+
+    def rel(a, b):  # per-repeat ratio of times, median over repeats (a noisy neighbour hits both alike)
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+    # Free the contenders' models before the loading and memory runs.
+    for c in contenders.values():
+        if isinstance(c, (Bare, Paper)):
+            c.model = None
+    del bare_model, paper_model, paper_id_model
+    gc.collect()
+    print(f"loading {args.load_rows} rows ...", flush=True)
+    try:
+        loading = bench_loading(contenders["ours_all_id"].out, contenders["paper_id"].path, args.load_rows, workdir,
+                                3 if not args.tiny else 1)
+    except Exception as error:  # noqa: BLE001 - keep the timings of a long run whatever happens here
+        loading = {"error": repr(error)}
+    memory = None
+    if not args.skip_memory:
+        print(f"memory runs {list(args.memory_runs)} (layers {MEMORY_LAYERS}, short prompts) ...", flush=True)
+        try:
+            memory = bench_memory(args.memory_runs, args.model, workdir, args.batch_size, args.dtype, device,
+                                  args.threads, args.seed)
+        except Exception as error:  # noqa: BLE001
+            memory = {"layers": MEMORY_LAYERS, "prompt_words": "4-16", "runs": [], "error": repr(error)}
+
+    targets = []
+    budget = FIRST_LAYERS / n_layers + 0.10
+
+    def target(name, measured, op, threshold, note):
+        ok = None if measured is None else (measured <= threshold if op == "<=" else measured >= threshold)
+        targets.append({"target": name, "measured": measured, "op": op, "threshold": threshold, "pass": ok,
+                        "note": note})
+
+    target("full extraction time / bare forward (with ID)", rel("ours_all_id", "bare"), "<=", 1.10,
+           "ours, all layers + ID")
+    target("full extraction time / bare forward (no ID)", rel("ours_all", "bare"), "<=", 1.10, "ours, all layers")
+    target("throughput vs paper's approach (with ID)", rel("paper_id", "ours_all_id"), ">=", 1.15,
+           "paper_id time / ours time")
+    target("throughput vs paper's approach (no ID)", rel("paper", "ours_all"), ">=", 1.15,
+           "paper time / ours time")
+    target(f"first {FIRST_LAYERS} layers / full extraction (with ID)", rel("ours_first_id", "ours_all_id"), "<=",
+           budget, f"{FIRST_LAYERS}/L + 0.10, L = {n_layers}")
+    target(f"first {FIRST_LAYERS} layers / full extraction (no ID)", rel("ours_first", "ours_all"), "<=", budget,
+           f"{FIRST_LAYERS}/L + 0.10, L = {n_layers}")
+    if "error" not in loading:
+        target("loading speed-up vs paper-style CSV (ast.literal_eval)", loading["speedup_vs_literal_eval"], ">=",
+               50.0, f"{loading['rows']} rows")
+        target("loading speed-up vs CSV parsed with json.loads", loading["speedup_vs_json"], ">=", 50.0,
+               f"{loading['rows']} rows; the faster parse")
+    target("throughput vs nnsight (no ID)", rel("nnsight", "ours_all") if "nnsight" in times else None, ">=", 1.0,
+           "nnsight time / ours time" if "nnsight" in times else skipped.get("nnsight", ""))
+    if device.startswith("cuda"):
+        target("GPU: throughput vs paper's approach (with ID)", rel("paper_id", "ours_all_id"), ">=", 5.0,
+               "batching on a GPU")
+    if memory:
+        runs = {r["prompts"]: r.get("peak_rss_mib") for r in memory["runs"]}
+        small, large = runs.get(min(args.memory_runs)), runs.get(max(args.memory_runs))
+        target(f"peak RSS {max(args.memory_runs)} / {min(args.memory_runs)} prompts",
+               None if not small or not large else large / small, "<=", 1.0,
+               "whole extract_features runs in fresh processes (layer 0, short prompts)")
+
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(device),
+            "settings": {"model": args.model, "dtype": str(dtype).removeprefix("torch."), "device": device,
+                         "n_prompts": n, "batch_size": args.batch_size, "n_batches": len(batches),
+                         "repeats": args.repeats, "tokens": int(lengths.sum()),
+                         "padded_tokens": int(sum(b["ids"].numel() for b in batches)),
+                         "token_lengths": {"min": int(lengths.min()), "median": float(np.median(lengths)),
+                                           "max": int(lengths.max())},
+                         "prompts": origin, "n_layers": n_layers, "first_layers": FIRST_LAYERS, "tiny": args.tiny,
+                         "nnsight": contenders["nnsight"].version if "nnsight" in contenders else None,
+                         "timed_wall_s": wall, "load_average_before": load_before,
+                         "load_average_after": os.getloadavg(), "id_agreement_paper_vs_ours": id_agreement},
+            "methods": methods, "loading": loading, "memory": memory, "targets": targets}
+
+
+# -- report ----------------------------------------------------------------------------------------
+def _fmt(x, digits=2):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(res: dict) -> str:
+    m, s = res["machine"], res["settings"]
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    lines = [f"Machine: {m['cpu']}, {m['cpu_cores']} cores, {m.get('memory_gib', '?')} GiB{gpu}; torch {m['torch']} "
+             f"({m['torch_threads']} threads), transformers {m['transformers']}, Python {m['python']}; "
+             f"run {res['created']}.",
+             "",
+             f"Model {s['model']} ({s['n_layers']} layers, {s['dtype']}, {s['device']}); {s['n_prompts']} prompts "
+             f"from {s['prompts']}, {s['tokens']} tokens ({s['padded_tokens']} with the batches' padding), "
+             f"{s['token_lengths']['min']}-{s['token_lengths']['max']} "
+             f"tokens each (median {s['token_lengths']['median']:.0f}); {s['n_batches']} length-sorted batches of "
+             f"{s['batch_size']} (the paper's approach runs the same prompts one at a time); median of "
+             f"{s['repeats']} repeats, methods interleaved batch by batch. Load average (1 min) before/after "
+             f"the timed sweeps: {s['load_average_before'][0]:.2f}/{s['load_average_after'][0]:.2f}"
+             + ("" if s.get("id_agreement_paper_vs_ours") is None else
+                f"; IDs equal to the paper's approach's for {100 * s['id_agreement_paper_vs_ours']:.1f}% of "
+                "(prompt, layer) pairs") + ".",
+             "",
+             "| method | prompts/s | time (s) | time / bare forward | peak extra memory (MiB) | max abs diff vs ours |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in res["methods"].items():
+        if "skipped" in r:
+            lines.append(f"| {r['label']} | not run: {r['skipped']} | | | | |")
+            continue
+        diff = "-" if r["max_abs_diff_vs_ours"] is None else f"{r['max_abs_diff_vs_ours']:.1e}"
+        lines.append(f"| {r['label']} | {r['prompts_per_s']:.2f} | {r['median_s']:.2f} | {r['ratio_to_bare']:.3f} | "
+                     f"{r['peak_extra_mib']:.0f} | {diff} |")
+    ld = res["loading"]
+    if "error" in ld:
+        lines += ["", f"Loading benchmark failed: {ld['error']}"]
+    else:
+        lines += ["", f"Loading {ld['rows']} rows of features (all layers + ID), median of 3:", "",
+              "| reader | seconds | file (MiB) | our speed-up |", "|---|---:|---:|---:|",
+              f"| ours: `feature_io.load_features` (parquet) | {ld['ours_s']:.4f} | {ld['parquet_mib']:.2f} | 1 |",
+              f"| paper-style CSV, `json.loads` per cell | {ld['csv_json_s']:.4f} | {ld['csv_mib']:.2f} | "
+              f"{ld['speedup_vs_json']:.0f}x |",
+              f"| paper-style CSV, `ast.literal_eval` per cell | {ld['csv_literal_eval_s']:.4f} | {ld['csv_mib']:.2f} | "
+              f"{ld['speedup_vs_literal_eval']:.0f}x |"]
+    mem = res.get("memory")
+    if mem:
+        lines += ["", f"Peak memory of whole `extract_features` runs, each in a fresh process (layers {mem['layers']}"
+                  f" only and prompts of {mem['prompt_words']} words, so that 20,000 prompts fit the time budget):", "",
+                  "| prompts | peak RSS while extracting (MiB) | RSS after loading the model (MiB) | peak while "
+                  "loading (MiB) | seconds |", "|---:|---:|---:|---:|---:|"]
+        for r in mem["runs"]:
+            if "error" in r:
+                lines.append(f"| {r['prompts']} | failed | | | |")
+            else:
+                lines.append(f"| {r['prompts']} | {r['peak_rss_mib']:.0f} | {_fmt(r['rss_after_load_mib'], 0)} | "
+                             f"{_fmt(r['load_peak_mib'], 0)} | {r['seconds']:.1f} |")
+    lines += ["", "| target | measured | required | result |", "|---|---:|---:|---|"]
+    for t in res["targets"]:
+        verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
+        lines.append(f"| {t['target']} ({t['note']}) | {_fmt(t['measured'], 3)} | {t['op']} {t['threshold']:.3g} | "
+                     f"{verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(table: str, path: Path = README) -> None:
+    text = path.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{path} has no {README_BEGIN} ... {README_END} section to update.")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(f"{head}{README_BEGIN}\n{table}{README_END}{tail}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=MODEL)
+    p.add_argument("--n-prompts", type=int, default=N_PROMPTS)
+    p.add_argument("--min-tokens", type=int, default=MIN_TOKENS)
+    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--repeats", type=int, default=REPEATS)
+    p.add_argument("--device", default=DEVICE)
+    p.add_argument("--dtype", default=DTYPE)
+    p.add_argument("--threads", type=int, default=THREADS, help="torch threads (0: torch's default)")
+    p.add_argument("--load-rows", type=int, default=LOAD_ROWS)
+    p.add_argument("--memory-runs", type=int, nargs=2, default=MEMORY_RUNS, metavar=("SMALL", "LARGE"))
+    p.add_argument("--skip-memory", action="store_true", help="skip the 1,000 vs 20,000-prompt memory runs")
+    p.add_argument("--skip-nnsight", action="store_true")
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--tiny", action="store_true",
+                   help="CI smoke mode: a random 4-layer Llama (unless --model), 8 short prompts, 1 repeat, "
+                        "200 rows to load, memory runs of 20 and 40 prompts")
+    p.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    p.add_argument("--update-readme", action="store_true", help="rewrite the table section of bench/README.md")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.tiny:
+        args.n_prompts, args.min_tokens, args.max_tokens = 8, 4, 24
+        args.batch_size, args.repeats, args.load_rows, args.memory_runs = 3, 1, 200, (20, 40)
+        if args.model == MODEL:  # a random 4-layer model unless one is named
+            args.model = str(make_tiny_model(args.out_dir / "tiny-llama"))
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    with tempfile.TemporaryDirectory(prefix="work-", dir=args.out_dir) as workdir:
+        res = run(args, Path(workdir))
+    table = markdown(res)
+    (args.out_dir / "bench.json").write_text(json.dumps(res, indent=1))
+    (args.out_dir / "bench.md").write_text(table)
+    print(table)
+    print(f"wrote {args.out_dir / 'bench.json'} and {args.out_dir / 'bench.md'}")
+    if args.update_readme:
+        update_readme(table)
+        print(f"updated {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

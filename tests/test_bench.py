@@ -1,0 +1,83 @@
+"""The extraction benchmark runs end to end in its tiny mode (a random 4-layer model, a few prompts).
+
+This checks that the script works and that its JSON is complete and sane, never how fast anything is:
+timings of a tiny model on a shared CI machine mean nothing. The real numbers come from running
+``bench/bench_extraction.py`` itself (see bench/README.md).
+"""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "bench" / "bench_extraction.py"
+TIMED = ("bare", "ours_all_id", "ours_all", "ours_first_id", "ours_first", "paper_id", "paper")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out-dir", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_every_method_is_timed(tiny_run):
+    _, res, _ = tiny_run
+    methods = res["methods"]
+    for name in TIMED:
+        m = methods[name]
+        assert "skipped" not in m, (name, m)
+        assert _positive(m["median_s"]) and _positive(m["prompts_per_s"]) and _positive(m["ratio_to_bare"])
+        assert m["peak_extra_mib"] >= 0
+        assert len(m["seconds"]) == res["settings"]["repeats"]
+    assert methods["bare"]["ratio_to_bare"] == 1.0
+    # The tracing library is optional (bench/requirements.txt): timed, or skipped with the reason.
+    nn = methods["nnsight"]
+    assert "skipped" in nn and nn["skipped"] or _positive(nn["prompts_per_s"])
+
+
+def test_all_methods_compute_the_same_features(tiny_run):
+    _, res, _ = tiny_run
+    for name in ("paper", "paper_id"):
+        assert res["methods"][name]["max_abs_diff_vs_ours"] < 1e-4
+    if "skipped" not in res["methods"]["nnsight"]:
+        assert res["methods"]["nnsight"]["max_abs_diff_vs_ours"] < 1e-4
+    assert res["settings"]["id_agreement_paper_vs_ours"] == 1.0
+
+
+def test_loading_and_targets_are_reported(tiny_run):
+    _, res, md = tiny_run
+    ld = res["loading"]
+    assert ld["rows"] == 200
+    assert all(_positive(ld[k]) for k in ("ours_s", "csv_json_s", "csv_literal_eval_s"))
+    names = [t["target"] for t in res["targets"]]
+    assert any("bare forward" in n for n in names) and any("paper" in n for n in names)
+    assert any("loading" in n for n in names) and any("nnsight" in n for n in names)
+    for t in res["targets"]:
+        assert t["pass"] in (True, False, None)
+    assert "| method | prompts/s |" in md and "| target |" in md
+    m = res["machine"]
+    assert m["torch_threads"] >= 1 and m["cpu_cores"] >= 1 and m["torch"]
+
+
+def test_update_readme_rewrites_only_the_marked_section(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import bench_extraction as bench
+    finally:
+        sys.path.pop(0)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{bench.README_BEGIN}\nold table\n{bench.README_END}\noutro\n")
+    bench.update_readme("| new | table |\n", readme)
+    text = readme.read_text()
+    assert "old table" not in text and "| new | table |" in text
+    assert text.startswith("intro\n") and text.endswith("outro\n")
