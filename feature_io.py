@@ -1,7 +1,8 @@
 """On-disk format of extracted features: one parquet file per run, written in resumable parts.
 
-A feature file has one row per kept prompt and the columns
-  row_id               index of the text in the input (order of the input is restored on finish)
+A feature file has one row per kept prompt, in extraction order (longest first; the loaders
+return input order), and the columns
+  row_id               index of the text in the input
   text, n_tokens, truncated, latency_s
   spline_features      fixed-size list of 7*L float32, layer-major, stats in FEATURE_STATS order
   intrinsic_dimension  fixed-size list of L int32 (absent when the run used --no-id)
@@ -123,24 +124,41 @@ class FeatureWriter:
     def write(self, columns: pd.DataFrame, arrays: dict[str, np.ndarray]) -> None:
         table = rows_to_table(columns, arrays)
         _atomic_write(table, self.parts_dir / f"part-{self._n_parts:06d}.parquet")
+        del table
+        pa.default_memory_pool().release_unused()  # else the pool keeps every batch's buffers
         self._n_parts += 1
         self.done_ids.update(int(i) for i in columns["row_id"])
 
     def finish(self, metadata: dict) -> Path:
-        """Merge the parts in input order, attach the metadata, and remove the parts folder."""
+        """Stream the parts into ``OUT`` with the metadata attached, then remove the parts folder."""
         parts = sorted(self.parts_dir.glob("part-*.parquet"))
-        if parts:
-            table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
-            table = table.take(pa.compute.sort_indices(table, [("row_id", "ascending")]))
-        else:
-            table = pa.table({"row_id": pa.array([], pa.int64()), "text": pa.array([], pa.string())})
-        meta = dict(metadata, settings=self.settings)
-        schema_meta = dict(table.schema.metadata or {})
-        schema_meta.pop(b"pandas", None)  # the pandas index info of the first part would be wrong
-        schema_meta[METADATA_KEY] = json.dumps(meta).encode()
-        _atomic_write(table.replace_schema_metadata(schema_meta), self.out_path)
+        _stream_tables(parts, self.out_path, dict(metadata, settings=self.settings))
         shutil.rmtree(self.parts_dir)
         return self.out_path
+
+
+def _stream_tables(paths: list[Path], out_path: Path, metadata: dict) -> None:
+    """Concatenate parquet files into one, one file in memory at a time.
+
+    Rows stay in extraction order (longest prompts first); ``row_id`` holds the input order, and
+    :func:`load_features` returns rows in that order. Sorting here would need every row in memory,
+    and a 20,000-prompt run must not peak higher than a 1,000-prompt one.
+    """
+    if paths:
+        schema = pa.unify_schemas([pq.read_schema(p) for p in paths], promote_options="permissive")
+    else:
+        schema = pa.schema([("row_id", pa.int64()), ("text", pa.string())])
+    schema_meta = {k: v for k, v in (schema.metadata or {}).items() if k != b"pandas"}  # stale index info
+    schema_meta[METADATA_KEY] = json.dumps(metadata).encode()
+    schema = schema.with_metadata(schema_meta)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for path in paths:
+            table = pq.read_table(path)
+            writer.write_table(table.select(schema.names).cast(schema))
+            del table
+            pa.default_memory_pool().release_unused()
+    os.replace(tmp, out_path)
 
 
 def _diff(old, new) -> str:
@@ -171,6 +189,9 @@ def load_features(path):
     run had no ID), and a DataFrame of every non-list column (text, labels, n_tokens, ...).
     """
     table = pq.read_table(path)
+    order = table.column("row_id").to_numpy()
+    if len(order) and (np.diff(order) < 0).any():  # files keep extraction order; return input order
+        table = table.take(np.argsort(order, kind="stable"))
     info = read_feature_metadata(path)
     n_layers = len(info["layers"])
     spline = _matrix(table.column("spline_features"), np.float32).reshape(-1, n_layers, len(FEATURE_STATS))
@@ -185,22 +206,19 @@ def load_hidden(path) -> np.ndarray | None:
     """Mean-pooled hidden states [N, d] stored with --save-hidden, else None."""
     if "hidden_mean" not in pq.read_schema(path).names:
         return None
-    return _matrix(pq.read_table(path, columns=["hidden_mean"]).column(0), np.float32)
+    table = pq.read_table(path, columns=["row_id", "hidden_mean"])
+    hidden = _matrix(table.column("hidden_mean"), np.float32)
+    return hidden[np.argsort(table.column("row_id").to_numpy(), kind="stable")]
 
 
 def merge_feature_files(paths, out_path) -> Path:
-    """Merge the per-process files of one run (``accelerate launch``) into ``out_path``, in input order."""
+    """Merge the per-process files of one run (``accelerate launch``) into ``out_path``."""
     paths = [Path(p) for p in paths]
-    tables = [pq.read_table(p) for p in paths]
-    table = pa.concat_tables(tables, promote_options="default")
-    table = table.take(pa.compute.sort_indices(table, [("row_id", "ascending")]))
     meta = read_feature_metadata(paths[0])
     meta["settings"].pop("shard", None)
     for key in ("n_input_rows", "n_skipped_empty", "n_skipped_no_tokens"):
         meta[key] = sum(read_feature_metadata(p).get(key, 0) for p in paths)
-    schema_meta = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}
-    schema_meta[METADATA_KEY] = json.dumps(meta).encode()
-    _atomic_write(table.replace_schema_metadata(schema_meta), Path(out_path))
+    _stream_tables(paths, Path(out_path), meta)
     for p in paths:
         p.unlink()
     return Path(out_path)
