@@ -565,7 +565,12 @@ def _id_section(run: Run) -> list[str]:
     summary = folder / ("quick" if run.cfg["QUICK_MODE"] else "") / "summary.json"
     if not summary.exists():
         return []
-    pooled = json.loads(summary.read_text())["pooled"]
+    # id_plotting.py --category all stores the four categories pooled under "all"
+    pooled = json.loads(summary.read_text()).get("categories", {}).get("all")
+    if not pooled:
+        return ["## 8. Attention intrinsic dimension against prepended context", "",
+                f"`{_rel(summary)}` has no pooled entry: run `python toxicity_id_eval/id_plotting.py "
+                "--category all`.", ""]
     lines = ["## 8. Attention intrinsic dimension against prepended context", "",
              f"From `{_rel(summary)}` (ID_estimation.py, {pooled['n']} prompts; answers labelled by "
              "alt-profanity-check, see toxicity_id_eval/README.md).", "",

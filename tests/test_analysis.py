@@ -279,3 +279,18 @@ def test_paper_preset_names_and_jigsaw_split(tmp_path):
     ml = results["experiments"]["multilabel"]
     assert ml["split"] == "the dataset's own train/test split" and (ml["n_train"], ml["n_test"]) == (40, 20)
     assert ml["fractions"]["1"]["auc"]["toxic"] == 1.0
+
+
+def test_id_experiment_summary_joins_results_md(shifted, tmp_path):
+    """RESULTS.md shows the ID experiment from the summary id_plotting.py writes (pooled under "all")."""
+    root = shifted[0]
+    rows = [{"prepend_words": w, "n": 4, "context_length": c, "id_mean": i, "toxic_rate": 0.25 * (w == 50),
+             "refusal_rate": 0.0, "toxicity_mean": 0.1} for w, c, i in ((0, 50, 40.0), (50, 120, 61.5))]
+    pooled = {"n": 8, "by_prepend_length": rows, "spearman_context_vs_id_mean": {"rho": 0.91, "p": 0.002},
+              "verdict": "ID rises with context length"}
+    (tmp_path / "quick").mkdir()
+    (tmp_path / "quick" / "summary.json").write_text(json.dumps({"categories": {"all": pooled}}))
+    run(root / "features", tmp_path / "out", "--only", "embedding", "--set", f"ID_RESULTS='{tmp_path}'")
+    md = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert "## 8. Attention intrinsic dimension" in md
+    assert "| 50 | 120 | 61.5 | 25 % | 0 % |" in md and "= 0.91" in md
