@@ -262,6 +262,18 @@ def _tokenize(tokenizer, texts: list[str], max_length: int, chunk: int = 1024):
     return ids, np.array(truncated, dtype=bool)
 
 
+def pad_batch(rows, pad_id: int, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id sequences -> (input_ids [B, W] long, mask [B, W] bool), padded on ``padding_side``."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, row in enumerate(rows):
+        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        input_ids[r, span] = torch.as_tensor(row, dtype=torch.long)
+        mask[r, span] = True
+    return input_ids, mask
+
+
 def _run(model, tokenizer, todo: pd.DataFrame, writer: FeatureWriter, layers, batch_size, max_length, with_id,
          save_hidden, progress, flush_every, desc) -> dict:
     if todo.empty:
@@ -304,14 +316,7 @@ def _run(model, tokenizer, todo: pd.DataFrame, writer: FeatureWriter, layers, ba
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            width = int(lengths[batch].max())
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.bool)
-            for row, i in enumerate(batch):
-                n = lengths[i]
-                span = slice(width - n, width) if tokenizer.padding_side == "left" else slice(0, n)
-                input_ids[row, span] = torch.from_numpy(ids[i])
-                mask[row, span] = True
+            input_ids, mask = pad_batch([ids[i] for i in batch], pad_id, tokenizer.padding_side)
             began = time.perf_counter()
             result = model.spline_recorder.run(input_ids, mask, layers, with_id, save_hidden)
             spline = result["spline"].flatten(1).float().cpu().numpy()  # the one host transfer per batch

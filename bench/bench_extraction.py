@@ -48,6 +48,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from extract_features import pad_batch  # noqa: E402
+
 # -- settings (each one is a command-line flag too) ----------------------------------------------
 MODEL = "smollm2-135m"
 N_PROMPTS = 240           # real prompts of mixed lengths (~11% padding in batches of 16)
@@ -159,12 +161,8 @@ def make_batches(tokenizer, prompts: list[str], batch_size: int, max_length: int
     batches = []
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        width = int(lengths[rows].max())
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            input_ids[r, :lengths[i]] = torch.tensor(ids[i])
-            mask[r, :lengths[i]] = 1
+        input_ids, mask = pad_batch([ids[i] for i in rows], pad, "right")
+        mask = mask.long()
         batches.append({"rows": rows, "ids": input_ids, "mask": mask, "lengths": lengths[rows].tolist()})
     return batches, lengths
 

@@ -9,6 +9,7 @@ import torch
 
 import ID_estimation as E
 from modeling_llama import SplineLlamaForCausalLM
+from naive_reference import naive_features
 from tiny_models import tiny_stock_model, tiny_tokenizer
 from toxicity_id_eval import build_prompts as B
 from toxicity_id_eval import id_plotting as P
@@ -33,25 +34,6 @@ def tiny():
     tokenizer = tiny_tokenizer("left")
     tokenizer.chat_template = CHAT_TEMPLATE
     return stock, model, tokenizer
-
-
-def naive_ids(stock, token_ids: list[int]) -> list[int]:
-    """Per-layer ID of the last token from the stock model's full eager attention maps, by loops."""
-    impl = stock.config._attn_implementation
-    stock.config._attn_implementation = "eager"
-    try:
-        with torch.no_grad():
-            out = stock(input_ids=torch.tensor([token_ids]), output_attentions=True)
-    finally:
-        stock.config._attn_implementation = impl
-    ids = []
-    for attention in out.attentions:  # [1, heads, T, T]
-        total = 0
-        for row in attention[0, :, -1, :].double().tolist():
-            peak = max(row)
-            total += sum(1 for a in row if a > 0.1 * peak)
-        ids.append(total)
-    return ids
 
 
 def synthetic_corpora():
@@ -89,7 +71,7 @@ def test_ids_equal_naive_count(tiny):
     for k, text in enumerate(texts):
         token_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert int(enc["attention_mask"][k].sum()) == len(token_ids)
-        assert ids[k].tolist() == naive_ids(stock, token_ids)
+        assert ids[k].tolist() == naive_features(stock, token_ids)[1].tolist()
     # The ID can never exceed heads x keys, and the sharpened tiny model is not uniform everywhere.
     lengths = enc["attention_mask"].sum(1).numpy()
     assert (ids <= stock.config.num_attention_heads * lengths[:, None]).all()
