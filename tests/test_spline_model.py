@@ -10,7 +10,7 @@ from instrument import UnsupportedArchitecture, instrument
 from modeling_llama import SplineLlamaForCausalLM
 from modeling_mistral import SplineMistralForCausalLM
 from naive_reference import naive_features
-from tiny_models import random_prompts, tiny_config, tiny_stock_model, tiny_tokenizer
+from tiny_models import random_prompts, tiny_stock_model, tiny_tokenizer
 
 FAMILIES = ["llama", "mistral", "gemma3", "gpt2", "bert"]
 SPLINE_CLASSES = {"llama": SplineLlamaForCausalLM, "mistral": SplineMistralForCausalLM}
