@@ -15,21 +15,28 @@ Under ``accelerate launch`` the rows are split across the processes and merged a
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import logging
 import os
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-import transformers
-from tqdm.auto import tqdm
+# Arrow picks its memory pool when pyarrow is first imported, and pandas imports it before feature_io
+# can: the system allocator, as feature_io explains, so the buffers of finished chunks go back.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
-from feature_io import FeatureWriter, RunMismatchError, feature_names, merge_feature_files
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from feature_io import FeatureWriter, RunMismatchError, feature_names, merge_feature_files  # noqa: E402
 
 log = logging.getLogger("extract_features")
 
@@ -38,6 +45,7 @@ MODEL = "smollm2-135m"
 MAX_LENGTH = 1024      # the paper truncates prompts to 1024 tokens
 BATCH_SIZE = 16
 FLUSH_EVERY = 256      # prompts per part file: at most this much work is redone after a crash
+CHUNK_SIZE = 512       # prompts read and tokenised at a time: memory is O(chunk), not O(input)
 PADDING_SIDE = "right"
 FEATURES_DIR = Path("features")
 
@@ -112,12 +120,63 @@ def _spans(layers: list[int]) -> str:
     return "_".join(runs)
 
 
-def _fingerprint(texts: pd.Series) -> str:
-    digest = hashlib.sha1()
+def _fingerprint(texts, digest=None):
+    """SHA-1 of the texts (each followed by a NUL); pass ``digest`` to continue one over several chunks."""
+    digest = hashlib.sha1() if digest is None else digest
     for text in texts:
         digest.update(text.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
-    return digest.hexdigest()
+    return digest
+
+
+def _as_text(value) -> str:
+    return value if isinstance(value, str) else ""  # NaN / None (a missing text) -> "" (skipped as empty)
+
+
+def _input_texts(source, positions, text_column: str) -> list[str]:
+    """The (cleaned) texts of the input rows at ``positions``."""
+    if isinstance(source, pd.DataFrame):
+        column = source[text_column].iloc[positions]
+        return [_as_text(t) for t in column]
+    return [_as_text(source[i]) for i in positions]
+
+
+def _input_rows(source, positions, text_column: str, columns: bool = True) -> pd.DataFrame:
+    """The input rows at ``positions`` as the output's plain columns: ``row_id`` (the position), ``text``,
+    then every other input column (an input ``row_id`` column becomes ``input_row_id``); with
+    ``columns`` False, ``row_id`` and ``text`` only."""
+    if isinstance(source, pd.DataFrame):
+        rows = source.iloc[positions] if columns else source[[text_column]].iloc[positions]
+        rows = rows.reset_index(drop=True)
+    else:
+        rows = pd.DataFrame({text_column: [source[i] for i in positions]})
+    rows = rows.rename(columns={text_column: "text"}) if text_column != "text" else rows
+    if "row_id" in rows.columns:
+        rows = rows.rename(columns={"row_id": "input_row_id"})
+    rows.insert(0, "row_id", np.asarray(positions, dtype=np.int64))
+    rows["text"] = rows["text"].map(_as_text)
+    return rows
+
+
+def _select_rows(n_rows: int, limit: int | None, sample: int | None, seed: int):
+    """Positions of the input rows to extract, ascending: the first ``limit``, then a seeded ``sample``.
+
+    A range (no memory) unless sampling; the sample is the one ``DataFrame.sample(n=sample,
+    random_state=seed)`` draws from the limited rows (it depends only on their number).
+    """
+    rows = range(n_rows)
+    if limit is not None:
+        rows = rows[:limit]
+    if sample is not None and sample < len(rows):
+        drawn = pd.DataFrame(index=pd.RangeIndex(len(rows))).sample(n=sample, random_state=seed).index
+        rows = np.asarray(rows)[np.sort(drawn.to_numpy())]
+    return rows
+
+
+def _chunks(positions, size: int):
+    """``positions`` (a range or an array) in int64 arrays of at most ``size``."""
+    for start in range(0, len(positions), size):
+        yield np.asarray(positions[start:start + size], dtype=np.int64)
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -127,13 +186,18 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
                      limit: int | None = None, sample: int | None = None, seed: int = 0,
                      text_column: str = "text", padding_side: str = PADDING_SIDE,
                      overwrite: bool = False, replace_stale: bool = False, progress: bool = True, flush_every: int = FLUSH_EVERY,
-                     features_dir=FEATURES_DIR) -> Path:
+                     features_dir=FEATURES_DIR, chunk_size: int = CHUNK_SIZE) -> Path:
     """Extract features of ``texts`` (a file path, a DataFrame or a list of strings) or of ``dataset``.
 
     Returns the path of the finished parquet file. An output (or interrupted run) with the same
     settings is reused (resumed); one with other settings is an error, unless ``overwrite`` (always
     start over) or ``replace_stale`` (start over only then). Empty and whitespace-only texts are skipped
     (counted, with a warning); texts longer than ``max_length`` tokens are truncated and flagged.
+
+    Memory does not grow with the number of texts: a first pass keeps only the token count of each
+    text, the rows to do are then written once, longest first, to ``OUT.parquet.parts/input/`` (an
+    input read from a file or dataset is freed before the model loads), and read back ``chunk_size``
+    rows at a time to be tokenised and extracted in padded batches.
     """
     # Imported here so that `--help`, bad arguments and reading features never load torch models.
     from transformers import AutoConfig
@@ -142,33 +206,26 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
 
     if (texts is None) == (dataset is None):
         raise ValueError("Give exactly one of texts (--texts FILE) or dataset (--dataset NAME).")
-    if batch_size < 1 or max_length < 1:
-        raise ValueError("batch_size and max_length must be positive.")
+    if batch_size < 1 or max_length < 1 or chunk_size < 1:
+        raise ValueError("batch_size, max_length and chunk_size must be positive.")
     if padding_side not in ("left", "right"):
         raise ValueError("padding_side must be 'left' or 'right'.")
     if dataset is not None:
         from data import load_dataset
-        frame, origin = load_dataset(dataset), f"dataset {dataset!r}"
+        source, origin = load_dataset(dataset), f"dataset {dataset!r}"
         name = dataset
     elif isinstance(texts, pd.DataFrame):
-        frame, origin, name = texts, "the DataFrame", "texts"
+        source, origin, name = texts, "the DataFrame", "texts"
     elif isinstance(texts, (str, Path)):
-        frame, origin, name = read_texts(texts, text_column), str(texts), Path(texts).stem
-    else:
-        frame, origin, name = pd.DataFrame({text_column: list(texts)}), "the list of texts", "texts"
-    if frame.empty:
+        source, origin, name = read_texts(texts, text_column), str(texts), Path(texts).stem
+    else:  # a list (or tuple) is used as it is, any other iterable is listed once
+        source = texts if isinstance(texts, (list, tuple)) else list(texts)
+        origin, name = "the list of texts", "texts"
+    if source.empty if isinstance(source, pd.DataFrame) else not len(source):
         raise ValueError(f"{origin} holds no rows.")
-    check_text_column(frame, text_column, origin)
-    frame = frame.reset_index(drop=True)
-    frame = frame.rename(columns={text_column: "text"}) if text_column != "text" else frame
-    if "row_id" in frame.columns:
-        frame = frame.rename(columns={"row_id": "input_row_id"})
-    frame.insert(0, "row_id", np.arange(len(frame), dtype=np.int64))  # position in the full input
-    if limit is not None:
-        frame = frame.iloc[:limit]
-    if sample is not None and sample < len(frame):
-        frame = frame.sample(n=sample, random_state=seed).sort_values("row_id")
-    frame["text"] = frame["text"].map(lambda t: t if isinstance(t, str) else "")
+    if isinstance(source, pd.DataFrame):
+        check_text_column(source, text_column, origin)
+    selected = _select_rows(len(source), limit, sample, seed)  # row_id = position in the full input
 
     rank, world = _process_rank()
     if world > 1 and device is None and device_map is None:
@@ -176,51 +233,145 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
         device = str(PartialState().device)
     device = device or (None if device_map is not None else default_device())
     torch_dtype = resolve_dtype(dtype, device or "cuda")
-    source, extra = resolve_model(model)
-    n_layers_total = AutoConfig.from_pretrained(source, **extra).get_text_config().num_hidden_layers
+    source_model, extra = resolve_model(model)
+    n_layers_total = AutoConfig.from_pretrained(source_model, **extra).get_text_config().num_hidden_layers
     layers = parse_layers(layers, n_layers_total)
     out = Path(out) if out is not None else default_out(model, name, layers, n_layers_total, features_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    digest = hashlib.sha1()
+    for positions in _chunks(selected, chunk_size):
+        _fingerprint(_input_texts(source, positions, text_column), digest)
     settings = {"model": str(model), "layers": layers, "dtype": str(torch_dtype).removeprefix("torch."),
                 "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
                 "padding_side": padding_side, "input": origin, "limit": limit, "sample": sample,
-                "seed": seed, "n_input_rows": len(frame),
-                "input_sha1": _fingerprint(frame["text"])}
+                "seed": seed, "n_input_rows": len(selected), "input_sha1": digest.hexdigest()}
 
     # Under `accelerate launch`, each process takes every n-th row and writes its own file.
     final_out = out
     if world > 1:
-        frame = frame.iloc[rank::world]
+        selected = selected[rank::world]
         out = out.with_name(f"{out.stem}.rank{rank}of{world}{out.suffix}")
         settings["shard"] = f"{rank}/{world}"
     writer = FeatureWriter(out, settings, overwrite=overwrite, replace_stale=replace_stale)
 
-    empty = frame["text"].str.strip() == ""
-    if empty.any():
-        log.warning("%s: skipping %d empty or whitespace-only texts", origin, int(empty.sum()))
-    todo = frame[~empty & ~frame["row_id"].isin(writer.done_ids)]
-    if not writer.complete:
-        if writer.done_ids:
-            log.warning("Resuming %s: %d prompts already done, %d to go", out, len(writer.done_ids), len(todo))
-        tokenizer = load_tokenizer(model, padding_side)
-        net = load_model(model, dtype=torch_dtype, device=device, device_map=device_map)
-        stats = _run(net, tokenizer, todo, writer, layers, batch_size, max_length, with_id, save_hidden, progress,
-                     flush_every, desc=name)
-        metadata = {"model": str(model), "model_class": type(net).__name__, "n_layers_total": n_layers_total,
-                    "layers": layers, "feature_names": feature_names(layers), "dtype": settings["dtype"],
-                    "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
-                    "padding_side": padding_side, "source": origin, "n_input_rows": len(frame),
-                    "n_skipped_empty": int(empty.sum()), "n_skipped_no_tokens": stats["no_tokens"],
-                    "device": str(next(net.parameters()).device), "batch_size": batch_size,
-                    "torch": torch.__version__, "transformers": transformers.__version__,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        writer.finish(metadata)
-    else:
-        log.info("%s is already complete with these settings: nothing to do", out)
+    # Three passes over the input rows, a chunk at a time (see _plan and _spool); what stays in memory
+    # for the run is one chunk, whatever the input's size.
+    spool = None if writer.complete else writer.parts_dir / "input"
+    try:
+        tokenizer = None if writer.complete else load_tokenizer(model, padding_side)
+        plan = _plan(source, selected, text_column, writer.done_ids, tokenizer, max_length, chunk_size)
+        if plan["empty"]:
+            log.warning("%s: skipping %d empty or whitespace-only texts", origin, plan["empty"])
+        if writer.complete:
+            del source
+            log.info("%s is already complete with these settings: nothing to do", out)
+        else:
+            if len(writer.done_ids):
+                log.warning("Resuming %s: %d prompts already done, %d to go", out, len(writer.done_ids),
+                            plan["todo"])
+            if plan["truncated"]:
+                log.warning("%d texts longer than %d tokens were truncated (flagged in the `truncated` column)",
+                            plan["truncated"], max_length)
+            if plan["no_tokens"]:
+                log.warning("skipping %d texts that tokenise to no tokens", plan["no_tokens"])
+            # Whole batches per chunk, so that the batches are the ones of one length-sorted pass.
+            rows_per_chunk = max(batch_size, chunk_size - chunk_size % batch_size)
+            n_rows = len(plan["order"])
+            chunks = _spool(source, plan.pop("order"), text_column, spool, rows_per_chunk)
+            del source  # a file or dataset read here is freed; a caller's list or DataFrame stays the caller's
+            _return_freed_memory()
+            net = load_model(model, dtype=torch_dtype, device=device, device_map=device_map)
+            _run(net, tokenizer, chunks, n_rows, writer, layers, batch_size, max_length, with_id, save_hidden,
+                 progress, flush_every, desc=name)
+            metadata = {"model": str(model), "model_class": type(net).__name__, "n_layers_total": n_layers_total,
+                        "layers": layers, "feature_names": feature_names(layers), "dtype": settings["dtype"],
+                        "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
+                        "padding_side": padding_side, "source": origin, "n_input_rows": len(selected),
+                        "n_skipped_empty": plan["empty"], "n_skipped_no_tokens": plan["no_tokens"],
+                        "device": str(next(net.parameters()).device), "batch_size": batch_size,
+                        "torch": torch.__version__, "transformers": transformers.__version__,
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            writer.finish(metadata)  # removes OUT.parts/, the spooled input with it
+    finally:
+        if spool is not None:
+            shutil.rmtree(spool, ignore_errors=True)
     if world > 1:
         _merge_shards(final_out, out, world)
     return final_out
+
+
+def _plan(source, positions, text_column: str, done_ids: np.ndarray, tokenizer, max_length: int,
+          chunk_size: int) -> dict:
+    """Which rows to extract, longest first: a pass over the input that keeps only their token counts.
+
+    Returns the counts of empty texts, of texts to do (not empty, not in ``done_ids``), of truncated
+    texts and of texts without tokens, and ``order``: the positions of the texts to do that have
+    tokens, longest first (ties in input order), as one length-sorted pass over all of them would run
+    them. Without a tokenizer (nothing to extract) it only counts the empty texts. Memory: a position
+    and a token count per row to do (a few bytes, freed before the model loads); no token ids.
+    """
+    plan = {"empty": 0, "todo": 0, "truncated": 0, "no_tokens": 0}
+    todo, lengths = [], []
+    for chunk in _chunks(positions, chunk_size):
+        texts = _input_rows(source, chunk, text_column, columns=False)["text"]
+        empty = (texts.str.strip() == "").to_numpy(dtype=bool)
+        plan["empty"] += int(empty.sum())
+        if tokenizer is None:
+            continue
+        keep = ~empty & ~np.isin(chunk, done_ids)
+        if not keep.any():
+            continue
+        ids, truncated = _tokenize(tokenizer, texts[keep].tolist(), max_length)
+        todo.append(chunk[keep])
+        lengths.append(np.fromiter(map(len, ids), dtype=np.int32, count=len(ids)))
+        plan["truncated"] += int(truncated.sum())
+        del ids
+    todo = np.concatenate(todo) if todo else np.zeros(0, dtype=np.int64)
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32)
+    plan["todo"], plan["no_tokens"] = len(todo), int((lengths == 0).sum())
+    order = np.argsort(-lengths, kind="stable")
+    plan["order"] = todo[order[lengths[order] > 0]]
+    return plan
+
+
+def _spool(source, positions: np.ndarray, text_column: str, folder: Path, rows_per_chunk: int) -> list[Path]:
+    """Write the input rows at ``positions``, in that order, to ``folder``: one Arrow file per chunk."""
+    shutil.rmtree(folder, ignore_errors=True)  # left over by a killed run
+    folder.mkdir(parents=True)
+    files = []
+    for chunk in _chunks(positions, rows_per_chunk):
+        table = pa.Table.from_pandas(_input_rows(source, chunk, text_column), preserve_index=False)
+        files.append(folder / f"chunk-{len(files):06d}.arrow")
+        with pa.OSFile(str(files[-1]), "wb") as sink, pa.ipc.new_file(sink, table.schema) as stream:
+            stream.write_table(table)
+        del table
+    pa.default_memory_pool().release_unused()
+    return files
+
+
+def _return_freed_memory() -> None:
+    """Hand the freed heap of the planning pass back to the OS before the model loads.
+
+    glibc keeps what the tokenizer's worker threads freed in their own arenas, so a bigger input
+    would leave the run a few MiB higher for good; malloc_trim(0) releases it (a no-op elsewhere).
+    """
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _read_chunk(path: Path) -> pa.Table:
+    with pa.OSFile(str(path), "rb") as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+def _set_column(table: pa.Table, name: str, values) -> pa.Table:
+    """``table[name] = values`` as pandas does it: replaced in place if present, else appended."""
+    index = table.schema.get_field_index(name)
+    values = pa.array(values)
+    return table.set_column(index, name, values) if index >= 0 else table.append_column(name, values)
 
 
 def _process_rank() -> tuple[int, int]:
@@ -245,8 +396,7 @@ def _merge_shards(final_out: Path, own: Path, world: int) -> None:
 def _tokenize(tokenizer, texts: list[str], max_length: int, chunk: int = 1024):
     """Token ids per text (special tokens as the tokenizer adds them), truncated to max_length.
 
-    Tokenised in chunks and kept as int32 arrays, so the ids of a 20,000-prompt run take a few MB
-    instead of Python lists of Python ints.
+    Tokenised ``chunk`` texts per call and kept as int32 arrays, not Python lists of Python ints.
     """
     ids, truncated = [], []
     for start in range(0, len(texts), chunk):
@@ -274,22 +424,13 @@ def pad_batch(rows, pad_id: int, padding_side: str = "right") -> tuple[torch.Ten
     return input_ids, mask
 
 
-def _run(model, tokenizer, todo: pd.DataFrame, writer: FeatureWriter, layers, batch_size, max_length, with_id,
-         save_hidden, progress, flush_every, desc) -> dict:
-    if todo.empty:
-        return {"no_tokens": 0}
-    ids, truncated = _tokenize(tokenizer, todo["text"].tolist(), max_length)
-    lengths = np.array([len(x) for x in ids])
-    if truncated.any():
-        log.warning("%d texts longer than %d tokens were truncated (flagged in the `truncated` column)",
-                    int(truncated.sum()), max_length)
-    no_tokens = lengths == 0
-    if no_tokens.any():
-        log.warning("skipping %d texts that tokenise to no tokens", int(no_tokens.sum()))
-    # Longest first: similar lengths share a batch (little padding), and an out-of-memory batch
-    # shows up at the start of a run, not at its end.
-    order = [i for i in np.argsort(-lengths, kind="stable") if lengths[i] > 0]
+def _run(model, tokenizer, chunks: list[Path], n_rows: int, writer: FeatureWriter, layers, batch_size, max_length,
+         with_id, save_hidden, progress, flush_every, desc) -> None:
+    """Extract the spooled rows (longest first) a chunk at a time: tokenise, run padded batches, write parts."""
+    if not n_rows:
+        return
     pad_id = tokenizer.pad_token_id
+    table, warmed = None, False
     pending_rows = []
     pending = {key: [] for key in ("spline_features", "intrinsic_dimension", "hidden_mean", "n_tokens",
                                    "truncated", "latency_s")}
@@ -297,51 +438,61 @@ def _run(model, tokenizer, todo: pd.DataFrame, writer: FeatureWriter, layers, ba
     def flush():
         if not pending_rows:
             return
-        rows = todo.iloc[np.concatenate(pending_rows)].copy()
+        rows = table.take(pa.array(np.concatenate(pending_rows)))
         arrays = {"spline_features": np.concatenate(pending["spline_features"]),
                   "intrinsic_dimension": np.concatenate(pending["intrinsic_dimension"]) if with_id else None,
                   "hidden_mean": np.concatenate(pending["hidden_mean"]) if save_hidden else None}
-        rows["n_tokens"] = np.concatenate(pending["n_tokens"]).astype(np.int32)
-        rows["truncated"] = np.concatenate(pending["truncated"])
-        rows["latency_s"] = np.concatenate(pending["latency_s"])
+        rows = _set_column(rows, "n_tokens", np.concatenate(pending["n_tokens"]).astype(np.int32))
+        rows = _set_column(rows, "truncated", np.concatenate(pending["truncated"]))
+        rows = _set_column(rows, "latency_s", np.concatenate(pending["latency_s"]))
         writer.write(rows, arrays)
         pending_rows.clear()
         for value in pending.values():
             value.clear()
 
-    # One untimed warm-up pass, so the first batch's latency is not inflated by lazy initialisation.
-    first = torch.from_numpy(ids[order[0]][:8]).long()[None]
-    model.spline_recorder.run(first, torch.ones_like(first, dtype=torch.bool), layers, with_id, save_hidden)
-    bar = tqdm(total=len(order), unit="prompt", desc=f"features {desc}", disable=not progress, smoothing=0.1)
+    bar = tqdm(total=n_rows, unit="prompt", desc=f"features {desc}", disable=not progress, smoothing=0.1)
     try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            input_ids, mask = pad_batch([ids[i] for i in batch], pad_id, tokenizer.padding_side)
-            began = time.perf_counter()
-            result = model.spline_recorder.run(input_ids, mask, layers, with_id, save_hidden)
-            spline = result["spline"].flatten(1).float().cpu().numpy()  # the one host transfer per batch
-            elapsed = time.perf_counter() - began
-            pending_rows.append(np.asarray(batch))
-            pending["spline_features"].append(spline)
-            if with_id:
-                pending["intrinsic_dimension"].append(result["ids"].cpu().numpy().astype(np.int32))
-            if save_hidden:
-                pending["hidden_mean"].append(result["hidden"].float().cpu().numpy())
-            pending["n_tokens"].append(lengths[batch])
-            pending["truncated"].append(truncated[batch])
-            pending["latency_s"].append(np.full(len(batch), elapsed / len(batch)))
-            bar.update(len(batch))
-            if sum(len(r) for r in pending_rows) >= flush_every:
-                flush()
-        flush()
+        for path in chunks:
+            table = _read_chunk(path)
+            ids, truncated = _tokenize(tokenizer, table.column("text").to_pylist(), max_length)
+            lengths = np.array([len(x) for x in ids], dtype=np.int64)
+            # The chunks hold the rows longest first (see _plan): similar lengths share a batch (little
+            # padding), and an out-of-memory batch shows up at the start of a run, not at its end.
+            order = [i for i in np.argsort(-lengths, kind="stable") if lengths[i] > 0]
+            if order and not warmed:
+                # One untimed warm-up pass, so the first batch's latency is not inflated by lazy initialisation.
+                first = torch.from_numpy(ids[order[0]][:8]).long()[None]
+                model.spline_recorder.run(first, torch.ones_like(first, dtype=torch.bool), layers, with_id,
+                                          save_hidden)
+                warmed = True
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                input_ids, mask = pad_batch([ids[i] for i in batch], pad_id, tokenizer.padding_side)
+                began = time.perf_counter()
+                result = model.spline_recorder.run(input_ids, mask, layers, with_id, save_hidden)
+                spline = result["spline"].flatten(1).float().cpu().numpy()  # the one host transfer per batch
+                elapsed = time.perf_counter() - began
+                pending_rows.append(np.asarray(batch))
+                pending["spline_features"].append(spline)
+                if with_id:
+                    pending["intrinsic_dimension"].append(result["ids"].cpu().numpy().astype(np.int32))
+                if save_hidden:
+                    pending["hidden_mean"].append(result["hidden"].float().cpu().numpy())
+                pending["n_tokens"].append(lengths[batch])
+                pending["truncated"].append(truncated[batch])
+                pending["latency_s"].append(np.full(len(batch), elapsed / len(batch)))
+                bar.update(len(batch))
+                if sum(len(r) for r in pending_rows) >= flush_every:
+                    flush()
+            flush()  # a part never spans two chunks
+            table = ids = None
     except KeyboardInterrupt:
         flush()
         bar.close()
         log.error("Interrupted: %d prompts are saved in %s. Rerun the same command to resume.",
-                  len(writer.done_ids), writer.parts_dir)
+                  writer.n_done, writer.parts_dir)
         raise
     bar.close()
-    return {"no_tokens": int(no_tokens.sum())}
 
 
 # -- command line -----------------------------------------------------------------------------------
@@ -357,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default="all", help="'all', '0-2', '0,5,10' ... (early exit after the deepest)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--max-length", type=int, default=MAX_LENGTH, help="longer prompts are truncated and flagged")
-    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, float16, bfloat16")
+    p.add_argument("--dtype", default="auto", help="auto (= float32 on every device), float32, float16, bfloat16 "
+                   "(half precision is faster on a GPU but moves the distance statistics, see README)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--device-map", default=None, help="'auto' shards the model over all GPUs (accelerate)")
     p.add_argument("--padding-side", default=PADDING_SIDE, choices=["left", "right"])
@@ -369,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing or partial output")
     p.add_argument("--flush-every", type=int, default=FLUSH_EVERY)
+    p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
+                   help="prompts read and tokenised at a time (memory is O(chunk), not O(input))")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -384,7 +538,7 @@ def main(argv=None) -> int:
                                 seed=args.seed, text_column=args.text_column,
                                 padding_side=args.padding_side, overwrite=args.overwrite,
                                 progress=not args.no_progress, flush_every=args.flush_every,
-                                features_dir=args.features_dir)
+                                features_dir=args.features_dir, chunk_size=args.chunk_size)
     except (FileNotFoundError, KeyError, ValueError, RunMismatchError) as error:
         log.error("%s", error.args[0] if error.args else error)
         return 2

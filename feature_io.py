@@ -51,9 +51,12 @@ def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
-def rows_to_table(columns: pd.DataFrame, arrays: dict[str, np.ndarray]) -> pa.Table:
-    """Plain columns from a DataFrame plus 2-D arrays stored as fixed-size list columns."""
-    table = pa.Table.from_pandas(columns.reset_index(drop=True), preserve_index=False)
+def rows_to_table(columns: pd.DataFrame | pa.Table, arrays: dict[str, np.ndarray]) -> pa.Table:
+    """Plain columns (a DataFrame or an Arrow table) plus 2-D arrays stored as fixed-size list columns."""
+    if isinstance(columns, pa.Table):
+        table = columns
+    else:
+        table = pa.Table.from_pandas(columns.reset_index(drop=True), preserve_index=False)
     for name, matrix in arrays.items():
         if matrix is not None:
             table = table.append_column(name, _fixed_list(matrix))
@@ -84,7 +87,10 @@ class FeatureWriter:
         if overwrite:
             shutil.rmtree(self.parts_dir, ignore_errors=True)
             self.out_path.unlink(missing_ok=True)
-        self.done_ids: set[int] = set()
+        # Row ids already in the parts when the writer opened (a resumed run): a sorted int64 array, 8 bytes
+        # a row, not a set of Python ints. Rows written later are counted in ``n_done``, not collected.
+        self.done_ids = np.zeros(0, dtype=np.int64)
+        self.n_done = 0
         self._n_parts = 0
         if self.out_path.exists():
             old = read_feature_metadata(self.out_path).get("settings")
@@ -100,8 +106,9 @@ class FeatureWriter:
                     f"{self.parts_dir} holds an interrupted run with other settings ({_diff(old, self.settings)}). "
                     "Rerun with the same arguments to resume it, or pass --overwrite to start over.")
             parts = sorted(self.parts_dir.glob("part-*.parquet"))
-            for part in parts:
-                self.done_ids.update(pq.read_table(part, columns=["row_id"]).column(0).to_pylist())
+            done = [pq.read_table(part, columns=["row_id"]).column(0).to_numpy() for part in parts]
+            self.done_ids = np.unique(np.concatenate(done).astype(np.int64)) if done else self.done_ids
+            self.n_done = len(self.done_ids)
             self._n_parts = len(parts)
         else:
             self.parts_dir.mkdir(parents=True)
@@ -126,13 +133,14 @@ class FeatureWriter:
         """True when the final file already exists with these settings (nothing left to do)."""
         return self.out_path.exists()
 
-    def write(self, columns: pd.DataFrame, arrays: dict[str, np.ndarray]) -> None:
+    def write(self, columns: pd.DataFrame | pa.Table, arrays: dict[str, np.ndarray]) -> None:
+        """One part: the plain columns (with ``row_id``) and the 2-D arrays of the same rows."""
         table = rows_to_table(columns, arrays)
         _atomic_write(table, self.parts_dir / f"part-{self._n_parts:06d}.parquet")
+        self.n_done += table.num_rows
         del table
         pa.default_memory_pool().release_unused()  # else the pool keeps every batch's buffers
         self._n_parts += 1
-        self.done_ids.update(int(i) for i in columns["row_id"])
 
     def finish(self, metadata: dict) -> Path:
         """Stream the parts into ``OUT`` with the metadata attached, then remove the parts folder."""

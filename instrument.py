@@ -101,7 +101,8 @@ class SplineRecorder:
         key = (weight.data_ptr(), weight._version, weight.device)
         cached = self._inv_norms.get(index)
         if cached is None or cached[0] != key:
-            cached = (key, 1.0 / weight.float().norm(dim=1))
+            # Kept in the weight's dtype, which is h's: no cast in every forward pass.
+            cached = (key, (1.0 / weight.float().norm(dim=1)).to(weight.dtype))
             self._inv_norms[index] = cached
         return cached[1]
 
@@ -129,14 +130,20 @@ class SplineRecorder:
             return
         n_keys = key.shape[2]
         last_pos = state["last_pos"].to(query.device)
-        keys = torch.arange(n_keys, device=query.device)
         if attention_mask is not None and attention_mask.ndim == 4:
             # The model's own mask row ([B, 1 or H, Tq, K], boolean or additive): causality, padding
-            # and sliding windows exactly as the model applies them.
-            row = attention_mask[torch.arange(key.shape[0], device=query.device), 0, last_pos, :n_keys]
-            allowed = row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
+            # and sliding windows exactly as the model applies them. Layers of one kind share one mask
+            # object per batch, so its row is taken once (the cache holds the mask, so its id stays its).
+            cached = state["allowed"].get((id(attention_mask), n_keys))
+            if cached is not None:
+                allowed = cached[1]
+            else:
+                row = attention_mask[torch.arange(key.shape[0], device=query.device), 0, last_pos, :n_keys]
+                allowed = row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
+                state["allowed"][(id(attention_mask), n_keys)] = (attention_mask, allowed)
         else:
             # No 4-D mask: sdpa skipped it (no padding, plain causality) or flash passed key padding.
+            keys = torch.arange(n_keys, device=query.device)
             allowed = state["mask"].to(query.device)[:, :n_keys]
             if attention_mask is not None:
                 allowed = allowed & attention_mask.bool()
@@ -168,7 +175,8 @@ class SplineRecorder:
         # Index of each prompt's last real token, whatever side the padding is on.
         last_pos = n_tokens - 1 - mask.flip(1).int().argmax(dim=1)
         state = {"mask": mask, "last_pos": last_pos, "wanted": set(layers), "deepest": layers[-1],
-                 "with_id": with_id, "pool_hidden": pool_hidden, "spline": {}, "ids": {}, "hidden": None}
+                 "with_id": with_id, "pool_hidden": pool_hidden, "spline": {}, "ids": {}, "hidden": None,
+                 "allowed": {}}
         # Positions count real tokens only, so a left-padded prompt sees the positions it has alone.
         position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
         self._active = state

@@ -27,20 +27,17 @@ def partition_statistics(h: torch.Tensor, inv_row_norm: torch.Tensor, mask: torc
     # the gate's matmul, so every full-size copy avoided shows in the throughput.
     frac = (h > 0).sum(dim=-1, dtype=torch.int32).float() / h.shape[-1]
     dist = (h * inv_row_norm.to(h.dtype)).abs_().amin(dim=-1).float()
-    mask = mask.to(h.device)
+    # Both per-token series go through the masked moments together ([B, T, 2]): on a GPU a small
+    # model's extraction is bound by kernel launches, and this halves them for the moments.
+    x = torch.stack([frac, dist], dim=-1)
+    mask = mask.to(h.device)[..., None]
     n = mask.sum(dim=1, dtype=torch.float32)
-
-    def masked_moments(x):
-        # torch.where, not multiplication: padded rows may hold NaN/inf (fully masked attention).
-        mean = torch.where(mask, x, 0.0).sum(dim=1) / n
-        var = torch.where(mask, (x - mean[:, None]) ** 2, 0.0).sum(dim=1) / (n - 1).clamp(min=1)
-        lo = torch.where(mask, x, torch.inf).amin(dim=1)
-        hi = torch.where(mask, x, -torch.inf).amax(dim=1)
-        return mean, var.sqrt(), lo, hi
-
-    f_mean, f_std, f_min, f_max = masked_moments(frac)
-    d_mean, d_std, d_min, _ = masked_moments(dist)
-    out = torch.stack([f_mean, f_min, f_max, f_std, d_min, d_mean, d_std], dim=1)
+    # torch.where, not multiplication: padded rows may hold NaN/inf (fully masked attention).
+    mean = torch.where(mask, x, 0.0).sum(dim=1) / n
+    std = (torch.where(mask, (x - mean[:, None]) ** 2, 0.0).sum(dim=1) / (n - 1).clamp(min=1)).sqrt_()
+    lo = torch.where(mask, x, torch.inf).amin(dim=1)
+    hi = torch.where(mask, x, -torch.inf).amax(dim=1)
+    out = torch.stack([mean[:, 0], lo[:, 0], hi[:, 0], std[:, 0], lo[:, 1], mean[:, 1], std[:, 1]], dim=1)
     assert out.shape[1] == len(FEATURE_STATS)
     return out
 
@@ -57,10 +54,13 @@ def last_token_attention_id(query: torch.Tensor, key: torch.Tensor, scaling: flo
 
     Only the one query row per prompt is scored, so no [T, T] attention map is ever built.
     """
-    batch, heads = query.shape[:2]
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
     q = query[torch.arange(batch, device=query.device), :, last_pos]  # [B, H, d]
-    k = key.repeat_interleave(heads // key.shape[1], dim=1)  # [B, H, K, d]
-    scores = torch.einsum("bhd,bhkd->bhk", q.float(), k.float()) * scaling
+    # Grouped-query attention: query head h reads key head h // (H / Hkv). Grouping the queries
+    # instead of repeating the keys avoids a [B, H, K, d] copy.
+    q = q.reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.einsum("bkgd,bknd->bkgn", q.float(), key.float()).reshape(batch, heads, -1) * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~allowed[:, None, :], -torch.inf)

@@ -60,16 +60,17 @@ REPEATS = 2               # full sweeps over the prompts; the median is reported
 FIRST_LAYERS = 3          # the "first k layers" variant (early exit)
 LOAD_ROWS = 5000          # rows in the files of the loading benchmark
 MEMORY_RUNS = (1000, 20000)
+MEMORY_REPEATS = 3        # runs of each size, interleaved; the run with the median peak is reported
 MEMORY_LAYERS = "0"       # the memory runs keep layer 0 only (early exit) so 20,000 prompts fit the budget
 DEVICE = None             # default: cuda when available, else cpu
-DTYPE = "auto"            # fp32 on CPU, bf16 on GPU (as extract_features)
+DTYPE = "auto"            # float32 on every device (as extract_features)
 THREADS = 0               # torch threads; 0 keeps torch's default
 SEED = 0
 # data.load_dataset names tried first (toxic + clean domains), if already prepared; local text otherwise
 PROMPT_DATASETS = ("rtp", "pubmed", "legal")
 OUT_DIR = REPO / "bench" / "results"
 README = REPO / "bench" / "README.md"
-README_BEGIN = "<!-- bench:begin -->"
+README_BEGIN = "<!-- bench:begin -->"   # the CPU table; a GPU run fills "bench-gpu:begin/end"
 README_END = "<!-- bench:end -->"
 
 METHODS = {  # key: (label, family, layers "all"/"first", with_id)
@@ -325,7 +326,8 @@ class NNsightProcess:
         if extra.get("gguf_file"):
             cmd += ["--gguf-file", extra["gguf_file"]]
         self.stderr = open(workdir / "nnsight_worker.log", "w")
-        env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1")
+        env = dict(os.environ, TQDM_DISABLE="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
                                      text=True, env=env)
         hello = self._read()
@@ -451,6 +453,13 @@ after_load = {{}}
 load_model = model_loading.load_model
 def loaded(*args, **kwargs):
     model = load_model(*args, **kwargs)
+    # The weights are memory-mapped from their file and paged in as they are first read: the embedding
+    # rows of tokens not yet seen would count as growth (up to the whole embedding, ~108 MiB for
+    # SmolLM2) and the more prompts, the more distinct tokens. Page the whole model in first, so that
+    # both runs start from the model's full size and what is compared is the extraction's own memory.
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.sum()
     after_load["rss_mib"], after_load["hwm_mib"] = status("VmRSS"), status("VmHWM")
     try:  # reset the high-water mark: what follows is the extraction's own peak
         with open("/proc/self/clear_refs", "w") as f:
@@ -461,9 +470,8 @@ def loaded(*args, **kwargs):
     return model
 model_loading.load_model = loaded
 
-texts = json.load(open({texts!r}))[:{n}]
 t = time.perf_counter()
-extract_features(texts, out={out!r}, model={model!r}, layers={layers!r}, batch_size={batch_size}, dtype={dtype!r},
+extract_features({texts!r}, out={out!r}, model={model!r}, layers={layers!r}, batch_size={batch_size}, dtype={dtype!r},
                  device={device!r}, with_id=True, progress=False, overwrite=True)
 print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss_mib": status("VmHWM"),
                   "rss_after_load_mib": after_load.get("rss_mib"), "load_peak_mib": after_load.get("hwm_mib"),
@@ -471,7 +479,8 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss_mib": status("V
 """
 
 
-def bench_memory(sizes, model, workdir: Path, batch_size, dtype, device, threads, seed) -> dict:
+def bench_memory(sizes, model, workdir: Path, batch_size, dtype, device, threads, seed,
+                 repeats: int = MEMORY_REPEATS) -> dict:
     """Peak RSS of whole extract_features runs on n short prompts, each run in a fresh process."""
     rng = random.Random(seed)
     local, _ = _local_documents()
@@ -480,20 +489,28 @@ def bench_memory(sizes, model, workdir: Path, batch_size, dtype, device, threads
     for _ in range(max(sizes)):
         start = rng.randrange(0, len(words) - 20)
         texts.append(" ".join(words[start:start + rng.randint(4, 16)]))
-    texts_path = workdir / "memory_texts.json"
-    texts_path.write_text(json.dumps(texts))
-    out = {"layers": MEMORY_LAYERS, "prompt_words": "4-16", "runs": []}
-    for n in sizes:
+    out = {"layers": MEMORY_LAYERS, "prompt_words": "4-16", "repeats": repeats, "runs": []}
+    results = {n: [] for n in sizes}
+    # Sizes interleaved, run after run: identical runs differ by ~10 MiB, and a drift hits all sizes alike.
+    for n in [n for _ in range(repeats) for n in sizes]:
+        # The prompts come from a file, one per line, as a user's run reads them (streamed from disk).
+        texts_path = workdir / f"memory_{n}.txt"
+        texts_path.write_text("\n".join(texts[:n]) + "\n")
         code = MEMORY_CHILD.format(repo=str(REPO), threads=threads or torch.get_num_threads(), texts=str(texts_path),
-                                   n=n, out=str(workdir / f"memory_{n}.parquet"), model=model, layers=MEMORY_LAYERS,
+                                   out=str(workdir / f"memory_{n}.parquet"), model=model, layers=MEMORY_LAYERS,
                                    batch_size=batch_size, dtype=dtype, device=device)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               env=dict(os.environ, TQDM_DISABLE="1"))
         if proc.returncode != 0:
-            out["runs"].append({"prompts": n, "error": proc.stderr[-2000:]})
+            results[n].append({"error": proc.stderr[-2000:]})
             continue
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        out["runs"].append({"prompts": n, **result})
+        results[n].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for n, runs in results.items():
+        good = sorted((r for r in runs if "error" not in r), key=lambda r: r["peak_rss_mib"])
+        if not good:
+            out["runs"].append({"prompts": n, "error": runs[-1]["error"]})
+            continue
+        out["runs"].append({"prompts": n, **good[len(good) // 2], "peaks_mib": [r["peak_rss_mib"] for r in good]})
     return out
 
 
@@ -602,15 +619,19 @@ def run(args, workdir: Path) -> dict:
     print(f"timing {names} on {device} ({str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads), "
           f"{args.repeats} repeats", flush=True)
 
-    # Warm-up, untimed: every contender on the shortest batch (the paper's approach on one prompt of it).
+    # Warm-up, untimed. CPU: every contender on the shortest batch (the paper's approach on one prompt of
+    # it). GPU: one whole sweep, since every new shape costs a first-call kernel choice (cuBLAS, sdpa)
+    # that would otherwise land in the first repeat (seen: 4x the second repeat's time on an H100).
+    warm = range(len(batches)) if device.startswith("cuda") else [len(batches) - 1]
     for name, c in contenders.items():
         c.begin(workdir)
-        k = len(batches) - 1
+        for k in warm:
+            if isinstance(c, Paper) and not device.startswith("cuda"):
+                c.run_batch(k, {**batches[k], "rows": batches[k]["rows"][:1], "lengths": batches[k]["lengths"][:1]})
+            else:
+                c.run_batch(k, batches[k])
         if isinstance(c, Paper):
-            c.run_batch(k, {**batches[k], "rows": batches[k]["rows"][:1], "lengths": batches[k]["lengths"][:1]})
             c.file.close()
-        else:
-            c.run_batch(k, batches[k])
 
     load_before = os.getloadavg()
     sampler = PeakRSS()
@@ -705,21 +726,24 @@ def run(args, workdir: Path) -> dict:
         print(f"memory runs {list(args.memory_runs)} (layers {MEMORY_LAYERS}, short prompts) ...", flush=True)
         try:
             memory = bench_memory(args.memory_runs, args.model, workdir, args.batch_size, args.dtype, device,
-                                  args.threads, args.seed)
+                                  args.threads, args.seed, repeats=args.memory_repeats)
         except Exception as error:  # noqa: BLE001
             memory = {"layers": MEMORY_LAYERS, "prompt_words": "4-16", "runs": [], "error": repr(error)}
 
     targets = []
     budget = FIRST_LAYERS / n_layers + 0.10
 
-    def target(name, measured, op, threshold, note):
+    def target(name, measured, op, threshold, note, cpu_only=False):
         ok = None if measured is None else (measured <= threshold if op == "<=" else measured >= threshold)
+        if cpu_only and device.startswith("cuda"):  # shown, not judged: the issue sets it for the 2-core CPU
+            ok, note = None, note + "; a CPU target"
         targets.append({"target": name, "measured": measured, "op": op, "threshold": threshold, "pass": ok,
                         "note": note})
 
     target("full extraction time / bare forward (with ID)", rel("ours_all_id", "bare"), "<=", 1.10,
-           "ours, all layers + ID")
-    target("full extraction time / bare forward (no ID)", rel("ours_all", "bare"), "<=", 1.10, "ours, all layers")
+           "ours, all layers + ID", cpu_only=True)
+    target("full extraction time / bare forward (no ID)", rel("ours_all", "bare"), "<=", 1.10, "ours, all layers",
+           cpu_only=True)
     target("throughput vs paper's approach (with ID)", rel("paper_id", "ours_all_id"), ">=", 1.15,
            "paper_id time / ours time")
     target("throughput vs paper's approach (no ID)", rel("paper", "ours_all"), ">=", 1.15,
@@ -805,15 +829,18 @@ def markdown(res: dict) -> str:
     mem = res.get("memory")
     if mem:
         lines += ["", f"Peak memory of whole `extract_features` runs, each in a fresh process (layers {mem['layers']}"
-                  f" only and prompts of {mem['prompt_words']} words, so that 20,000 prompts fit the time budget):", "",
+                  f" only and prompts of {mem['prompt_words']} words, so that 20,000 prompts fit the time budget; the model"
+                  f" paged in fully before the peak is reset; median of {mem.get('repeats', 1)} runs each, all peaks"
+                  " shown):", "",
                   "| prompts | peak RSS while extracting (MiB) | RSS after loading the model (MiB) | peak while "
-                  "loading (MiB) | seconds |", "|---:|---:|---:|---:|---:|"]
+                  "loading (MiB) | seconds | every run's peak (MiB) |", "|---:|---:|---:|---:|---:|---|"]
         for r in mem["runs"]:
             if "error" in r:
                 lines.append(f"| {r['prompts']} | failed | | | |")
             else:
                 lines.append(f"| {r['prompts']} | {r['peak_rss_mib']:.0f} | {_fmt(r['rss_after_load_mib'], 0)} | "
-                             f"{_fmt(r['load_peak_mib'], 0)} | {r['seconds']:.1f} |")
+                             f"{_fmt(r['load_peak_mib'], 0)} | {r['seconds']:.1f} | "
+                             f"{', '.join(f'{x:.0f}' for x in r.get('peaks_mib', []))} |")
     lines += ["", "| target | measured | required | result |", "|---|---:|---:|---|"]
     for t in res["targets"]:
         verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
@@ -822,13 +849,15 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(table: str, path: Path = README) -> None:
+def update_readme(table: str, path: Path = README, gpu: bool = False) -> None:
+    begin, end = (README_BEGIN, README_END) if not gpu else (README_BEGIN.replace("bench:", "bench-gpu:"),
+                                                             README_END.replace("bench:", "bench-gpu:"))
     text = path.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise SystemExit(f"{path} has no {README_BEGIN} ... {README_END} section to update.")
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    path.write_text(f"{head}{README_BEGIN}\n{table}{README_END}{tail}")
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path} has no {begin} ... {end} section to update.")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{table}{end}{tail}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -844,6 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=THREADS, help="torch threads (0: torch's default)")
     p.add_argument("--load-rows", type=int, default=LOAD_ROWS)
     p.add_argument("--memory-runs", type=int, nargs=2, default=MEMORY_RUNS, metavar=("SMALL", "LARGE"))
+    p.add_argument("--memory-repeats", type=int, default=MEMORY_REPEATS, help="runs of each size (median reported)")
     p.add_argument("--skip-memory", action="store_true", help="skip the 1,000 vs 20,000-prompt memory runs")
     p.add_argument("--skip-nnsight", action="store_true")
     p.add_argument("--seed", type=int, default=SEED)
@@ -861,6 +891,7 @@ def main(argv=None) -> int:
     if args.tiny:
         args.n_prompts, args.min_tokens, args.max_tokens = 8, 4, 24
         args.batch_size, args.repeats, args.load_rows, args.memory_runs = 3, 1, 200, (20, 40)
+        args.memory_repeats = 1
         if args.model == MODEL:  # a random 4-layer model unless one is named
             args.model = str(make_tiny_model(args.out_dir / "tiny-llama"))
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -872,7 +903,7 @@ def main(argv=None) -> int:
     print(table)
     print(f"wrote {args.out_dir / 'bench.json'} and {args.out_dir / 'bench.md'}")
     if args.update_readme:
-        update_readme(table)
+        update_readme(table, gpu=res["settings"]["device"].startswith("cuda"))
         print(f"updated {README}")
     return 0
 
