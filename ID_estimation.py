@@ -147,10 +147,7 @@ def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens: int = 
     answers, lengths = [], []
     for row in new:
         ids = row.tolist()
-        n = ids.index(eos) if eos is not None and eos in ids else len(ids)
-        if eos is None or eos != tokenizer.pad_token_id:  # trailing padding after an early stop
-            while n > 0 and ids[n - 1] == tokenizer.pad_token_id and tokenizer.pad_token_id is not None:
-                n -= 1
+        n = ids.index(eos) if eos is not None and eos in ids else len(ids)  # generate pads only after EOS
         answers.append(tokenizer.decode(ids[:n], skip_special_tokens=True).strip())
         lengths.append(n)
     return answers, lengths
@@ -310,6 +307,9 @@ def main(argv=None, model=None, tokenizer=None) -> dict[str, pd.DataFrame]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     set_threads(args.threads)
+    missing = [c for c in args.categories if not prompts_path(c, args.prompts_dir).exists()]
+    if missing:  # one pass over the source corpora for all of them, not one per category
+        write_prompt_files(missing, args.prompts_dir)
     prompts = {c: load_prompts(c, args.n_statements, args.prepend_words, args.prompts_dir) for c in args.categories}
     start = time.perf_counter()
 

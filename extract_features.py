@@ -15,7 +15,6 @@ Under ``accelerate launch`` the rows are split across the processes and merged a
 from __future__ import annotations
 
 import argparse
-import ctypes
 import hashlib
 import logging
 import os
@@ -149,13 +148,11 @@ def _input_texts(source, positions, text_column: str) -> list[str]:
     return [_as_text(source[i]) for i in positions]
 
 
-def _input_rows(source, positions, text_column: str, columns: bool = True) -> pd.DataFrame:
+def _input_rows(source, positions, text_column: str) -> pd.DataFrame:
     """The input rows at ``positions`` as the output's plain columns: ``row_id`` (the position), ``text``,
-    then every other input column (an input ``row_id`` column becomes ``input_row_id``); with
-    ``columns`` False, ``row_id`` and ``text`` only."""
+    then every other input column (an input ``row_id`` column becomes ``input_row_id``)."""
     if isinstance(source, pd.DataFrame):
-        rows = source.iloc[positions] if columns else source[[text_column]].iloc[positions]
-        rows = rows.reset_index(drop=True)
+        rows = source.iloc[positions].reset_index(drop=True)
     else:
         rows = pd.DataFrame({text_column: [source[i] for i in positions]})
     rows = rows.rename(columns={text_column: "text"}) if text_column != "text" else rows
@@ -288,7 +285,6 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
             n_rows = len(plan["order"])
             chunks = _spool(source, plan.pop("order"), text_column, spool, rows_per_chunk)
             del source  # a file or dataset read here is freed; a caller's list or DataFrame stays the caller's
-            _return_freed_memory()
             net = load_model(model, dtype=torch_dtype, device=device, device_map=device_map)
             _run(net, tokenizer, chunks, n_rows, writer, layers, batch_size, max_length, with_id, save_hidden,
                  progress, flush_every, desc=name)
@@ -322,15 +318,15 @@ def _plan(source, positions, text_column: str, done_ids: np.ndarray, tokenizer, 
     plan = {"empty": 0, "todo": 0, "truncated": 0, "no_tokens": 0}
     todo, lengths = [], []
     for chunk in _chunks(positions, chunk_size):
-        texts = _input_rows(source, chunk, text_column, columns=False)["text"]
-        empty = (texts.str.strip() == "").to_numpy(dtype=bool)
+        texts = _input_texts(source, chunk, text_column)
+        empty = np.fromiter((not t.strip() for t in texts), dtype=bool, count=len(texts))
         plan["empty"] += int(empty.sum())
         if tokenizer is None:
             continue
         keep = ~empty & ~np.isin(chunk, done_ids)
         if not keep.any():
             continue
-        ids, truncated = _tokenize(tokenizer, texts[keep].tolist(), max_length)
+        ids, truncated = _tokenize(tokenizer, [t for t, k in zip(texts, keep) if k], max_length)
         todo.append(chunk[keep])
         lengths.append(np.fromiter(map(len, ids), dtype=np.int32, count=len(ids)))
         plan["truncated"] += int(truncated.sum())
@@ -356,18 +352,6 @@ def _spool(source, positions: np.ndarray, text_column: str, folder: Path, rows_p
         del table
     pa.default_memory_pool().release_unused()
     return files
-
-
-def _return_freed_memory() -> None:
-    """Hand the freed heap of the planning pass back to the OS before the model loads.
-
-    glibc keeps what the tokenizer's worker threads freed in their own arenas, so a bigger input
-    would leave the run a few MiB higher for good; malloc_trim(0) releases it (a no-op elsewhere).
-    """
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _read_chunk(path: Path) -> pa.Table:
@@ -464,9 +448,9 @@ def _run(model, tokenizer, chunks: list[Path], n_rows: int, writer: FeatureWrite
             table = _read_chunk(path)
             ids, truncated = _tokenize(tokenizer, table.column("text").to_pylist(), max_length)
             lengths = np.array([len(x) for x in ids], dtype=np.int64)
-            # The chunks hold the rows longest first (see _plan): similar lengths share a batch (little
-            # padding), and an out-of-memory batch shows up at the start of a run, not at its end.
-            order = [i for i in np.argsort(-lengths, kind="stable") if lengths[i] > 0]
+            # The chunks already hold the rows longest first, none without tokens (see _plan): similar
+            # lengths share a batch (little padding), and an out-of-memory batch shows up at once.
+            order = range(len(ids))
             if order and not warmed:
                 # One untimed warm-up pass, so the first batch's latency is not inflated by lazy initialisation.
                 first = torch.from_numpy(ids[order[0]][:8]).long()[None]

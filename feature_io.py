@@ -82,8 +82,11 @@ class FeatureWriter:
         self.out_path = Path(out_path)
         self.parts_dir = self.out_path.with_name(self.out_path.name + ".parts")
         self.settings = json.loads(json.dumps(settings))  # normalise tuples, numpy scalars
-        if replace_stale and not overwrite:
-            overwrite = self._stale()
+        found, old = self._previous_settings()
+        if replace_stale and not overwrite and found and old != self.settings:
+            log.warning("%s was made with other settings (%s): extracting again", self.out_path,
+                        _diff(old, self.settings))
+            overwrite = True
         if overwrite:
             shutil.rmtree(self.parts_dir, ignore_errors=True)
             self.out_path.unlink(missing_ok=True)
@@ -93,14 +96,11 @@ class FeatureWriter:
         self.n_done = 0
         self._n_parts = 0
         if self.out_path.exists():
-            old = read_feature_metadata(self.out_path).get("settings")
             if old != self.settings:
                 raise RunMismatchError(
                     f"{self.out_path} exists and was made with other settings ({_diff(old, self.settings)}). "
                     "Choose another --out, or pass --overwrite to replace it.")
         elif self.parts_dir.exists():
-            run_file = self.parts_dir / "run.json"
-            old = json.loads(run_file.read_text()) if run_file.exists() else None
             if old != self.settings:
                 raise RunMismatchError(
                     f"{self.parts_dir} holds an interrupted run with other settings ({_diff(old, self.settings)}). "
@@ -114,19 +114,14 @@ class FeatureWriter:
             self.parts_dir.mkdir(parents=True)
             (self.parts_dir / "run.json").write_text(json.dumps(self.settings, indent=1))
 
-    def _stale(self) -> bool:
-        """True when an existing output or interrupted run was made with other settings."""
+    def _previous_settings(self) -> tuple[bool, dict | None]:
+        """(whether a finished output or an interrupted run is there, the settings it was made with)."""
         if self.out_path.exists():
-            old = read_feature_metadata(self.out_path).get("settings")
-        elif (self.parts_dir / "run.json").exists():
-            old = json.loads((self.parts_dir / "run.json").read_text())
-        else:
-            return False
-        if old != self.settings:
-            log.warning("%s was made with other settings (%s): extracting again", self.out_path,
-                        _diff(old, self.settings))
-            return True
-        return False
+            return True, read_feature_metadata(self.out_path).get("settings")
+        if self.parts_dir.exists():
+            run_file = self.parts_dir / "run.json"
+            return True, json.loads(run_file.read_text()) if run_file.exists() else None
+        return False, None
 
     @property
     def complete(self) -> bool:
@@ -201,7 +196,8 @@ def load_features(path):
     Returns ``(spline, ids, meta)``: spline float32 [N, L, 7], ids int32 [N, L] (None when the
     run had no ID), and a DataFrame of every non-list column (text, labels, n_tokens, ...).
     """
-    table = pq.read_table(path)
+    # The widest column, the pooled hidden states, is left to load_hidden: not decoded to be dropped.
+    table = pq.read_table(path, columns=[c for c in pq.read_schema(path).names if c != "hidden_mean"])
     order = table.column("row_id").to_numpy()
     if len(order) and (np.diff(order) < 0).any():  # files keep extraction order; return input order
         table = table.take(np.argsort(order, kind="stable"))

@@ -21,11 +21,15 @@ import sys
 import time
 from pathlib import Path
 
+from statistic_analysis import EARLY_EXIT_LAYERS, PRESETS
+
 ROOT = Path(__file__).resolve().parent
 
 MODEL = "smollm2-135m"
-# The datasets statistic_analysis.py's embedded preset reads (toxic, clean domains, clean comments).
-DATASETS = ["rtp", "slurs", "comments", "dm_mathematics", "pubmed", "code", "legal", "questions"]
+# The datasets statistic_analysis.py's embedded preset reads (toxic, clean domains, clean comments,
+# multi-label), taken from the preset so that the two cannot drift apart.
+DATASETS = list(dict.fromkeys(spec.split(":")[0] for key in ("TOXIC", "CLEAN_DOMAINS", "CLEAN_COMMENTS", "MULTILABEL")
+                              for spec in PRESETS["embedded"][key]))
 SAMPLE = 250            # texts per dataset (seeded); None = all of them
 MAX_LENGTH = 128        # tokens; the paper's 1024 costs ~8x more on a CPU (use --max-length 1024)
 BATCH_SIZE = 16
@@ -79,7 +83,7 @@ def main(argv=None) -> int:
                              replace_stale=True)
         for name in DATASETS:  # the 3-layer detector's own (early-exit) latency
             extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
-                             batch_size=BATCH_SIZE, layers="0-2", with_id=False, features_dir=features_dir,
+                             batch_size=BATCH_SIZE, layers=f"0-{EARLY_EXIT_LAYERS - 1}", with_id=False, features_dir=features_dir,
                              replace_stale=True)
         timings["features"] = time.perf_counter() - t
 

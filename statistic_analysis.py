@@ -70,12 +70,13 @@ HEATMAP_FOLDS = 3
 TSNE_MAX_POINTS = 2000
 TSNE_ITER = 1000
 PCA_MAX_POINTS = 6000
-ID_RESULTS = "toxicity_id_eval/results"  # ID_estimation.py's summary.json (quick: its quick/), shown if present
+ID_RESULTS = None  # folder of ID_estimation.py's summary.json (quick: its quick/); None: the features' model's
 EXPERIMENTS = ("detection", "shortcut", "domains", "multilabel", "semi", "heatmaps", "embedding")
 QUICK = dict(MAX_ROWS_PER_DATASET=120, FOLDS=3, RF_TREES=20, SEMI_FOLDS=2, HEATMAP_FOLDS=2,
              TSNE_MAX_POINTS=250, TSNE_ITER=250, SELF_TRAIN_MAX_ITER=2, MULTILABEL_FRACTIONS=(0.10, 1.0))
 
-JIGSAW_LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+from data.cleaning import JIGSAW_LABELS  # noqa: E402 - the names every multi-label dataset uses
+JIGSAW_LABELS = list(JIGSAW_LABELS)
 # Dataset specs: "name" = every row of features/<model>/name.parquet; "name:toxic" / "name:clean"
 # = its rows whose `toxic` column is 1 / 0.
 EMBEDDED_DOMAINS = ["dm_mathematics", "pubmed", "code", "legal", "questions"]

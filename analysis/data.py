@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feature_io import FEATURE_STATS, feature_names, load_features, load_hidden, read_feature_metadata
+from feature_io import feature_names, load_features, load_hidden, read_feature_metadata
 
 # Metadata that must agree between every feature file of one analysis.
 CONSISTENCY_KEYS = ("model", "layers", "n_layers_total", "dtype", "max_length")
@@ -90,10 +90,10 @@ def _finite_rows(*arrays) -> np.ndarray:
 class Corpus:
     """The feature files of one model, loaded once, checked for consistency."""
 
-    def __init__(self, features_dir, datasets, early_dir=None, max_rows=None, seed=0,
-                 with_hidden=True, log=print):
+    def __init__(self, features_dir, datasets, early_dir=None, max_rows=None, seed=0):
         self.features_dir = Path(features_dir)
         self.early_dir = Path(early_dir) if early_dir else None
+        self.early_layers = None  # the layers of the early-exit files, when there are some
         self.notes: list[str] = []
         self.missing: list[str] = []
         self.data: dict[str, DatasetFeatures] = {}
@@ -143,19 +143,18 @@ class Corpus:
                         f"The early-exit files in {self.early_dir} hold layers {layers_text(elayers)}, "
                         f"which are not the first layers of the full files ({layers_text(self.layers)}).")
                 self.early_layers = elayers
-        self.early_layers = getattr(self, "early_layers", None)
 
         for n, p in present.items():
-            self.data[n] = self._load(n, p, max_rows, seed, with_hidden)
+            self.data[n] = self._load(n, p, max_rows, seed)
         if self.missing:
             self.notes.append(f"No feature file for: {', '.join(self.missing)} (looked in {self.features_dir}).")
         for d in self.data.values():
             self.notes.extend(d.notes)
 
-    def _load(self, name, path, max_rows, seed, with_hidden) -> DatasetFeatures:
+    def _load(self, name, path, max_rows, seed) -> DatasetFeatures:
         spline, _, meta = load_features(path)
         X = spline.reshape(len(spline), -1).astype(np.float64)
-        hidden = load_hidden(path) if with_hidden else None
+        hidden = load_hidden(path)
         notes = []
         X_early = latency_early = None
         if self.early_layers is not None:
@@ -294,6 +293,3 @@ def _name(value, class_names):
         return class_names[value]
     return str(value)
 
-
-def stat_index(stat: str) -> int:
-    return FEATURE_STATS.index(stat)

@@ -15,6 +15,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from feature_io import FEATURE_STATS
+
 from .data import Task
 from .models import Settings, fit_quiet, make_lr, make_rf, positive_scores, timed
 
@@ -26,7 +28,9 @@ class Detector:
     features: str
     # (task, train rows, test rows) -> (scores of the test rows, classifier seconds on the test rows)
     fit_score: Callable | None
-    latency: str | None = None   # Task attribute holding the per-prompt extraction latency
+    # Per-prompt extraction latency: the Task attribute holding it, a fixed number of seconds (0.0 for
+    # the text baselines, which run no language model), or None (not measured)
+    latency: str | float | None = None
     note: str = ""
 
     @property
@@ -79,11 +83,11 @@ def _profanity(predict_prob):
     return fit_score
 
 
-def detectors_for(task: Task, s: Settings, early_k: int, early_is_exit: bool, n_features: int,
-                  which=None) -> list[Detector]:
+def detectors_for(task: Task, s: Settings, early_k: int, early_is_exit: bool) -> list[Detector]:
     """The detectors that can run on ``task`` (unavailable ones carry a note)."""
     k = early_k
-    n_layers = n_features // 7
+    n_features = task.X.shape[1]
+    n_layers = n_features // len(FEATURE_STATS)
     early_label = f"Spline-RF (first {k} layers" + (", early exit)" if early_is_exit else ", sliced from full run)")
     early_matrix = (lambda t: t.X_early[:, :7 * k]) if early_is_exit else (lambda t: t.X[:, :7 * k])
     dets = [
@@ -95,11 +99,11 @@ def detectors_for(task: Task, s: Settings, early_k: int, early_is_exit: bool, n_
                  _on(early_matrix, lambda: make_rf(s)), "latency_early" if early_is_exit else None,
                  "" if early_is_exit else "no early-exit feature files: features sliced from the full run, "
                  "so its extraction latency is not measured"),
-        Detector("tfidf_lr", "TF-IDF + LR (text)", "word 1-2-grams", _tfidf_lr(s), None),
+        Detector("tfidf_lr", "TF-IDF + LR (text)", "word 1-2-grams", _tfidf_lr(s), 0.0),
     ]
     predict_prob, note = load_profanity_check()
     dets.append(Detector("profanity_check", "alt-profanity-check (zero-shot)", "its own TF-IDF + linear SVM",
-                         _profanity(predict_prob) if predict_prob else None, None,
+                         _profanity(predict_prob) if predict_prob else None, 0.0,
                          note or "packaged classifier, not trained on these data"))
     if task.hidden is not None:
         dets.append(Detector("hidden_probe", f"Hidden-state probe (LR, {task.hidden.shape[1]} dims)",
@@ -108,6 +112,4 @@ def detectors_for(task: Task, s: Settings, early_k: int, early_is_exit: bool, n_
     else:
         dets.append(Detector("hidden_probe", "Hidden-state probe (LR)", "mean-pooled hidden states", None, None,
                              "no hidden states in the feature files (extract with --save-hidden)"))
-    if which is not None:
-        dets = [d for d in dets if d.key in which]
     return dets

@@ -15,6 +15,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from data.cleaning import JIGSAW_LABELS
 from feature_io import FEATURE_STATS
 
 from . import paper, plots
@@ -54,7 +55,7 @@ class Run:
         names = [parse_spec(s)[0] for s in cfg["TOXIC"] + cfg["CLEAN_DOMAINS"] + cfg["CLEAN_COMMENTS"]
                  + cfg["MULTILABEL"]]
         self.corpus = Corpus(features_dir, names, early_dir=early_dir, max_rows=cfg["MAX_ROWS_PER_DATASET"],
-                             seed=cfg["SEED"], log=log)
+                             seed=cfg["SEED"])
         self.early_is_exit = self.corpus.has_early and len(self.corpus.early_layers) >= k
         if self.corpus.early_layers is not None and not self.early_is_exit:
             self.corpus.notes.append(f"Early-exit files in {early_dir} do not cover every dataset with {k} layers: "
@@ -87,7 +88,7 @@ class Run:
         s = self.s
         check_folds(task.y, s.folds, f"Toxic vs {TASK_LABELS[key]}", task.class_names)
         folds = stratified_folds(task.y, s.folds, s.seed)
-        dets = detectors_for(task, s, self.cfg["EARLY_EXIT_LAYERS"], self.early_is_exit, task.X.shape[1])
+        dets = detectors_for(task, s, self.cfg["EARLY_EXIT_LAYERS"], self.early_is_exit)
         out = {"task": task.name, "n_rows": int(len(task.y)), "n_toxic": int(task.y.sum()),
                "n_clean": int((task.y == 0).sum()), "rows_per_dataset": task.counts, "folds": s.folds,
                "detectors": {}}
@@ -104,9 +105,8 @@ class Run:
                 per_fold.append(binary_metrics(task.y[test], scores, s.fpr_target))
                 seconds += secs
             entry["metrics"] = {m: summarize([f[m] for f in per_fold]) for m in per_fold[0]}
-            lat = getattr(task, det.latency) if det.latency else None
-            entry["extraction_latency_s"] = float(np.mean(lat)) if lat is not None else (
-                0.0 if det.latency is None and det.key in ("tfidf_lr", "profanity_check") else float("nan"))
+            lat = getattr(task, det.latency) if isinstance(det.latency, str) else det.latency
+            entry["extraction_latency_s"] = float("nan") if lat is None else float(np.mean(lat))
             if s.timing:
                 timing[det.key] = {"classifier_s_per_prompt": seconds / len(task.y)}
             self.log(f"  {det.label}: ROC-AUC {pct(entry['metrics']['roc_auc']['mean'])}")
@@ -309,7 +309,7 @@ def exp_multilabel(run: Run):
     ours = Table("multilabel", "Multi-label toxicity, per-label ROC-AUC (%)",
                  ["labels", "labeled", "unlabeled"] + list(labels) + ["avg"], rows, notes)
     ref = Table("multilabel_paper", "Paper's reported numbers (Jigsaw official test set), not ours",
-                ["model, labels"] + list(paper.JIGSAW_LABELS) + ["avg"],
+                ["model, labels"] + list(JIGSAW_LABELS) + ["avg"],
                 [[r] + [f"{v:.2f}" for v in vals] + [f"{avg:.2f}"] for r, vals, avg in paper.PAPER_MULTILABEL],
                 [f"For scale: Detoxify (bert-base) reports mean AUC {paper.DETOXIFY_JIGSAW_AUC} on Jigsaw."])
     return results, [ours, ref], []
@@ -560,9 +560,13 @@ def _results_md(run: Run, results: dict, sections) -> str:
 
 def _id_section(run: Run) -> list[str]:
     """The ID experiment's verdict (ID_estimation.py + id_plotting.py), when its summary exists."""
-    folder = Path(run.cfg["ID_RESULTS"])
-    folder = folder if folder.is_absolute() else Path(__file__).resolve().parent.parent / folder
-    summary = folder / ("quick" if run.cfg["QUICK_MODE"] else "") / "summary.json"
+    if run.cfg["ID_RESULTS"] is None:  # where ID_estimation.py put the results of the features' model
+        from toxicity_id_eval import default_results_dir
+        summary = default_results_dir(run.corpus.info["model"], run.cfg["QUICK_MODE"]) / "summary.json"
+    else:
+        folder = Path(run.cfg["ID_RESULTS"])
+        folder = folder if folder.is_absolute() else Path(__file__).resolve().parent.parent / folder
+        summary = folder / ("quick" if run.cfg["QUICK_MODE"] else "") / "summary.json"
     if not summary.exists():
         return []
     # id_plotting.py --category all stores the four categories pooled under "all"

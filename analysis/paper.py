@@ -33,8 +33,7 @@ PAPER_DOMAINS = {
     "LogisticRegression": [100.00, 99.85, 99.57, 99.92, 99.92, 99.47, 99.41],
 }
 
-JIGSAW_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
-PAPER_MULTILABEL = [  # (row, per-label AUC % in JIGSAW_LABELS order, avg)
+PAPER_MULTILABEL = [  # (row, per-label AUC % in data.cleaning.JIGSAW_LABELS order, avg)
     ("Llama-2-7B 2 %", [80.59, 84.54, 80.62, 65.73, 80.49, 72.74], 77.45),
     ("Llama-2-7B 100 %", [86.25, 96.98, 89.09, 94.19, 88.53, 91.80], 91.14),
     ("Mistral-7B 2 %", [82.32, 75.09, 82.17, 54.99, 80.34, 69.32], 74.04),

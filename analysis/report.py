@@ -40,7 +40,7 @@ class Table:
         return "\n".join(lines) + "\n"
 
     def latex(self) -> str:
-        esc = _latex_escape
+        esc = latex_escape
         spec = "l" + "r" * (len(self.columns) - 1)
         lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(self.caption)}}}",
                  f"\\label{{tab:{self.name}}}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
@@ -59,7 +59,7 @@ class Table:
         (tables / f"{self.name}.tex").write_text(self.latex())
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
     repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
             "±": r"$\pm$", "≤": r"$\leq$", "·": r"$\cdot$"}

@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 
 from toxicity_id_eval import DEFAULT_MODEL, RESULTS_DIR, default_results_dir  # noqa: E402
 from toxicity_id_eval.build_prompts import CATEGORIES  # noqa: E402
+from analysis.report import latex_escape  # noqa: E402
 
 FIGURES_DIR = Path("figures")
 TABLES_DIR = Path("tables")
@@ -198,12 +199,6 @@ def plot_overview(frames: dict[str, pd.DataFrame], summaries: dict, path: Path) 
     return path
 
 
-def _tex_escape(text: str) -> str:
-    return "".join({"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}.get(c, c)
-                   for c in str(text))
-
-
 def latex_table(frames: dict[str, pd.DataFrame], summaries: dict) -> str:
     lines = [r"\begin{tabular}{llrrrrr}", r"\toprule",
              r"category & prepended & $n$ & context (tokens) & ID (mean over layers) & toxic gen. & refusals \\",
@@ -211,7 +206,7 @@ def latex_table(frames: dict[str, pd.DataFrame], summaries: dict) -> str:
     for category, frame in frames.items():
         for words, group in frame.groupby("Prepend Words"):
             prepended = "none" if words == 0 else f"{words} words"
-            lines.append(f"{_tex_escape(category)} & {prepended} & {len(group)} & "
+            lines.append(f"{latex_escape(category)} & {prepended} & {len(group)} & "
                          f"{group['Context Length'].mean():.0f} & {group['ID Mean'].mean():.1f} $\\pm$ "
                          f"{group['ID Mean'].std(ddof=0):.1f} & {int(group['Label'].sum())}/{len(group)} & "
                          f"{int(group['Refusal'].sum())}/{len(group)} \\\\")
@@ -223,7 +218,7 @@ def latex_table(frames: dict[str, pd.DataFrame], summaries: dict) -> str:
         lines.append(r"\midrule")
     lines[-1] = r"\bottomrule"
     lines.append(r"\end{tabular}")
-    model = _tex_escape(next(iter(frames.values()))["Model"].iloc[0])
+    model = latex_escape(next(iter(frames.values()))["Model"].iloc[0])
     caption = (f"ID experiment ({model}): ID of the last prompt token and greedy answers labelled toxic by "
                r"alt-profanity-check (probability $\geq 0.5$), per length of prepended unrelated text.")
     return "\n".join([r"\begin{table}[t]", r"\centering", r"\small", *lines, rf"\caption{{{caption}}}",
