@@ -37,6 +37,8 @@ import transformers  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from feature_io import FeatureWriter, RunMismatchError, feature_names, merge_feature_files  # noqa: E402
+from input_spool import (TOKENS, chunks, input_texts, read_chunk, run_in_child, set_column,  # noqa: E402
+                         spool_input)
 
 log = logging.getLogger("extract_features")
 
@@ -45,7 +47,7 @@ MODEL = "smollm2-135m"
 MAX_LENGTH = 1024      # the paper truncates prompts to 1024 tokens
 BATCH_SIZE = 16
 FLUSH_EVERY = 256      # prompts per part file: at most this much work is redone after a crash
-CHUNK_SIZE = 512       # prompts read and tokenised at a time: memory is O(chunk), not O(input)
+CHUNK_SIZE = 512       # prompts read, tokenised and extracted at a time: memory is O(chunk), not O(input)
 PADDING_SIDE = "right"
 FEATURES_DIR = Path("features")
 LINE_BREAKS = "\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]"  # str.splitlines()' breaks
@@ -127,40 +129,14 @@ def _spans(layers: list[int]) -> str:
     return "_".join(runs)
 
 
-def _fingerprint(texts, digest=None):
-    """SHA-1 of the texts (each followed by a NUL); pass ``digest`` to continue one over several chunks."""
-    digest = hashlib.sha1() if digest is None else digest
-    for text in texts:
-        digest.update(text.encode("utf-8", "surrogatepass"))
-        digest.update(b"\0")
-    return digest
-
-
-def _as_text(value) -> str:
-    return value if isinstance(value, str) else ""  # NaN / None (a missing text) -> "" (skipped as empty)
-
-
-def _input_texts(source, positions, text_column: str) -> list[str]:
-    """The (cleaned) texts of the input rows at ``positions``."""
-    if isinstance(source, pd.DataFrame):
-        column = source[text_column].iloc[positions]
-        return [_as_text(t) for t in column]
-    return [_as_text(source[i]) for i in positions]
-
-
-def _input_rows(source, positions, text_column: str) -> pd.DataFrame:
-    """The input rows at ``positions`` as the output's plain columns: ``row_id`` (the position), ``text``,
-    then every other input column (an input ``row_id`` column becomes ``input_row_id``)."""
-    if isinstance(source, pd.DataFrame):
-        rows = source.iloc[positions].reset_index(drop=True)
-    else:
-        rows = pd.DataFrame({text_column: [source[i] for i in positions]})
-    rows = rows.rename(columns={text_column: "text"}) if text_column != "text" else rows
-    if "row_id" in rows.columns:
-        rows = rows.rename(columns={"row_id": "input_row_id"})
-    rows.insert(0, "row_id", np.asarray(positions, dtype=np.int64))
-    rows["text"] = rows["text"].map(_as_text)
-    return rows
+def _fingerprint(source, positions, text_column: str, chunk_size: int) -> str:
+    """SHA-1 of the texts at ``positions`` (each followed by a NUL), read a chunk at a time."""
+    digest = hashlib.sha1()
+    for chunk in chunks(positions, chunk_size):
+        for text in input_texts(source, chunk, text_column):
+            digest.update(text.encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _select_rows(n_rows: int, limit: int | None, sample: int | None, seed: int):
@@ -178,12 +154,6 @@ def _select_rows(n_rows: int, limit: int | None, sample: int | None, seed: int):
     return rows
 
 
-def _chunks(positions, size: int):
-    """``positions`` (a range or an array) in int64 arrays of at most ``size``."""
-    for start in range(0, len(positions), size):
-        yield np.asarray(positions[start:start + size], dtype=np.int64)
-
-
 # -- the run ----------------------------------------------------------------------------------------
 def extract_features(texts=None, *, dataset: str | None = None, out=None, model: str = MODEL, layers=None,
                      batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH, dtype: str = "auto",
@@ -199,15 +169,15 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
     start over) or ``replace_stale`` (start over only then). Empty and whitespace-only texts are skipped
     (counted, with a warning); texts longer than ``max_length`` tokens are truncated and flagged.
 
-    Memory does not grow with the number of texts: a first pass keeps only the token count of each
-    text, the rows to do are then written once, longest first, to ``OUT.parquet.parts/input/`` (an
-    input read from a file or dataset is freed before the model loads), and read back ``chunk_size``
-    rows at a time to be tokenised and extracted in padded batches.
+    Memory does not grow with the number of texts: a child process tokenises the rows to do once,
+    ``chunk_size`` at a time, and spools them with their token ids, longest first, to
+    ``OUT.parquet.parts/input/`` (see input_spool.py; an input read from a file or dataset is freed
+    before the model loads); the extraction reads them back one chunk at a time.
     """
     # Imported here so that `--help`, bad arguments and reading features never load torch models.
     from transformers import AutoConfig
 
-    from model_loading import default_device, load_model, load_tokenizer, resolve_dtype, resolve_model
+    from model_loading import default_device, load_model, resolve_dtype, resolve_model
 
     if (texts is None) == (dataset is None):
         raise ValueError("Give exactly one of texts (--texts FILE) or dataset (--dataset NAME).")
@@ -244,13 +214,13 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
     out = Path(out) if out is not None else default_out(model, name, layers, n_layers_total, features_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    digest = hashlib.sha1()
-    for positions in _chunks(selected, chunk_size):
-        _fingerprint(_input_texts(source, positions, text_column), digest)
+    # The passes over the texts run in a child process (see input_spool.run_in_child): what they leave
+    # on the heap goes with it, so this process's memory does not grow with the input.
+    fingerprint = run_in_child(_fingerprint, source, selected, text_column, chunk_size)
     settings = {"model": str(model), "layers": layers, "dtype": str(torch_dtype).removeprefix("torch."),
                 "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
                 "padding_side": padding_side, "input": origin, "limit": limit, "sample": sample,
-                "seed": seed, "n_input_rows": len(selected), "input_sha1": digest.hexdigest()}
+                "seed": seed, "n_input_rows": len(selected), "input_sha1": fingerprint}
 
     # Under `accelerate launch`, each process takes every n-th row and writes its own file.
     final_out = out
@@ -260,18 +230,26 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
         settings["shard"] = f"{rank}/{world}"
     writer = FeatureWriter(out, settings, overwrite=overwrite, replace_stale=replace_stale)
 
-    # Three passes over the input rows, a chunk at a time (see _plan and _spool); what stays in memory
-    # for the run is one chunk, whatever the input's size.
+    # The input is tokenised once, in a child process, and spooled to disk longest first; the run then
+    # reads one chunk at a time: what stays in memory is one chunk, whatever the input's size.
     spool = None if writer.complete else writer.parts_dir / "input"
     try:
-        tokenizer = None if writer.complete else load_tokenizer(model, padding_side)
-        plan = _plan(source, selected, text_column, writer.done_ids, tokenizer, max_length, chunk_size)
-        if plan["empty"]:
-            log.warning("%s: skipping %d empty or whitespace-only texts", origin, plan["empty"])
         if writer.complete:
             del source
             log.info("%s is already complete with these settings: nothing to do", out)
         else:
+            # Whole batches per chunk, so that the batches are the ones of one length-sorted pass.
+            rows_per_chunk = max(batch_size, chunk_size - chunk_size % batch_size)
+            plan = run_in_child(_tokenise_and_spool, model, padding_side, source=source, positions=selected,
+                                text_column=text_column, done_ids=writer.done_ids, max_length=max_length,
+                                read_rows=chunk_size, rows_per_chunk=rows_per_chunk, folder=spool,
+                                progress=progress, desc=name)
+            del source  # a file or dataset read here is freed; a caller's list or DataFrame stays the caller's
+            # With Arrow's system allocator this is glibc's malloc_trim: the heap that held the input goes
+            # back before the model loads on top of it, not kept for the whole run.
+            pa.default_memory_pool().release_unused()
+            if plan["empty"]:
+                log.warning("%s: skipping %d empty or whitespace-only texts", origin, plan["empty"])
             if len(writer.done_ids):
                 log.warning("Resuming %s: %d prompts already done, %d to go", out, len(writer.done_ids),
                             plan["todo"])
@@ -280,14 +258,9 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
                             plan["truncated"], max_length)
             if plan["no_tokens"]:
                 log.warning("skipping %d texts that tokenise to no tokens", plan["no_tokens"])
-            # Whole batches per chunk, so that the batches are the ones of one length-sorted pass.
-            rows_per_chunk = max(batch_size, chunk_size - chunk_size % batch_size)
-            n_rows = len(plan["order"])
-            chunks = _spool(source, plan.pop("order"), text_column, spool, rows_per_chunk)
-            del source  # a file or dataset read here is freed; a caller's list or DataFrame stays the caller's
             net = load_model(model, dtype=torch_dtype, device=device, device_map=device_map)
-            _run(net, tokenizer, chunks, n_rows, writer, layers, batch_size, max_length, with_id, save_hidden,
-                 progress, flush_every, desc=name)
+            _run(net, plan["pad_id"], padding_side, plan["files"], plan["n_rows"], writer, layers,
+                 batch_size, with_id, save_hidden, progress, flush_every, desc=name)
             metadata = {"model": str(model), "model_class": type(net).__name__, "n_layers_total": n_layers_total,
                         "layers": layers, "feature_names": feature_names(layers), "dtype": settings["dtype"],
                         "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
@@ -305,65 +278,12 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
     return final_out
 
 
-def _plan(source, positions, text_column: str, done_ids: np.ndarray, tokenizer, max_length: int,
-          chunk_size: int) -> dict:
-    """Which rows to extract, longest first: a pass over the input that keeps only their token counts.
-
-    Returns the counts of empty texts, of texts to do (not empty, not in ``done_ids``), of truncated
-    texts and of texts without tokens, and ``order``: the positions of the texts to do that have
-    tokens, longest first (ties in input order), as one length-sorted pass over all of them would run
-    them. Without a tokenizer (nothing to extract) it only counts the empty texts. Memory: a position
-    and a token count per row to do (a few bytes, freed before the model loads); no token ids.
-    """
-    plan = {"empty": 0, "todo": 0, "truncated": 0, "no_tokens": 0}
-    todo, lengths = [], []
-    for chunk in _chunks(positions, chunk_size):
-        texts = _input_texts(source, chunk, text_column)
-        empty = np.fromiter((not t.strip() for t in texts), dtype=bool, count=len(texts))
-        plan["empty"] += int(empty.sum())
-        if tokenizer is None:
-            continue
-        keep = ~empty & ~np.isin(chunk, done_ids)
-        if not keep.any():
-            continue
-        ids, truncated = _tokenize(tokenizer, [t for t, k in zip(texts, keep) if k], max_length)
-        todo.append(chunk[keep])
-        lengths.append(np.fromiter(map(len, ids), dtype=np.int32, count=len(ids)))
-        plan["truncated"] += int(truncated.sum())
-        del ids
-    todo = np.concatenate(todo) if todo else np.zeros(0, dtype=np.int64)
-    lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32)
-    plan["todo"], plan["no_tokens"] = len(todo), int((lengths == 0).sum())
-    order = np.argsort(-lengths, kind="stable")
-    plan["order"] = todo[order[lengths[order] > 0]]
-    return plan
-
-
-def _spool(source, positions: np.ndarray, text_column: str, folder: Path, rows_per_chunk: int) -> list[Path]:
-    """Write the input rows at ``positions``, in that order, to ``folder``: one Arrow file per chunk."""
-    shutil.rmtree(folder, ignore_errors=True)  # left over by a killed run
-    folder.mkdir(parents=True)
-    files = []
-    for chunk in _chunks(positions, rows_per_chunk):
-        table = pa.Table.from_pandas(_input_rows(source, chunk, text_column), preserve_index=False)
-        files.append(folder / f"chunk-{len(files):06d}.arrow")
-        with pa.OSFile(str(files[-1]), "wb") as sink, pa.ipc.new_file(sink, table.schema) as stream:
-            stream.write_table(table)
-        del table
-    pa.default_memory_pool().release_unused()
-    return files
-
-
-def _read_chunk(path: Path) -> pa.Table:
-    with pa.OSFile(str(path), "rb") as source:
-        return pa.ipc.open_file(source).read_all()
-
-
-def _set_column(table: pa.Table, name: str, values) -> pa.Table:
-    """``table[name] = values`` as pandas does it: replaced in place if present, else appended."""
-    index = table.schema.get_field_index(name)
-    values = pa.array(values)
-    return table.set_column(index, name, values) if index >= 0 else table.append_column(name, values)
+def _tokenise_and_spool(model: str, padding_side: str, **kwargs) -> dict:
+    """``spool_input`` with the model's tokenizer, loaded here: run in the child, so that the extracting
+    process never holds the tokenizer (~30 MiB for SmolLM2's)."""
+    from model_loading import load_tokenizer
+    tokenizer = load_tokenizer(model, padding_side)
+    return {**spool_input(tokenizer=tokenizer, **kwargs), "pad_id": tokenizer.pad_token_id}
 
 
 def _process_rank() -> tuple[int, int]:
@@ -385,99 +305,84 @@ def _merge_shards(final_out: Path, own: Path, world: int) -> None:
     state.wait_for_everyone()
 
 
-def _tokenize(tokenizer, texts: list[str], max_length: int, chunk: int = 1024):
-    """Token ids per text (special tokens as the tokenizer adds them), truncated to max_length.
-
-    Tokenised ``chunk`` texts per call and kept as int32 arrays, not Python lists of Python ints.
-    """
-    ids, truncated = [], []
-    for start in range(0, len(texts), chunk):
-        part = texts[start:start + chunk]
-        rows = tokenizer(part, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-        cut = [len(row) > max_length for row in rows]
-        if any(cut):
-            again = iter(tokenizer([t for t, c in zip(part, cut) if c], truncation=True,
-                                   max_length=max_length)["input_ids"])
-            rows = [next(again) if c else row for row, c in zip(rows, cut)]
-        ids.extend(np.asarray(row, dtype=np.int32) for row in rows)
-        truncated.extend(cut)
-    return ids, np.array(truncated, dtype=bool)
-
-
 def pad_batch(rows, pad_id: int, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """Token id sequences -> (input_ids [B, W] long, mask [B, W] bool), padded on ``padding_side``."""
     width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    # Filled in numpy: the rows may be read-only views of a memory-mapped chunk, which torch will not wrap.
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=bool)
     for r, row in enumerate(rows):
         span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-        input_ids[r, span] = torch.as_tensor(row, dtype=torch.long)
+        input_ids[r, span] = row
         mask[r, span] = True
-    return input_ids, mask
+    return torch.from_numpy(input_ids), torch.from_numpy(mask)
 
 
-def _run(model, tokenizer, chunks: list[Path], n_rows: int, writer: FeatureWriter, layers, batch_size, max_length,
-         with_id, save_hidden, progress, flush_every, desc) -> None:
-    """Extract the spooled rows (longest first) a chunk at a time: tokenise, run padded batches, write parts."""
+def _run(model, pad_id: int, padding_side: str, files: list[Path], n_rows: int, writer: FeatureWriter, layers,
+         batch_size, with_id, save_hidden, progress, flush_every, desc) -> None:
+    """Extract the spooled rows (longest first) a chunk at a time: run padded batches, write parts."""
     if not n_rows:
         return
-    pad_id = tokenizer.pad_token_id
-    table, warmed = None, False
+    rows, warmed = None, False
     pending_rows = []
-    pending = {key: [] for key in ("spline_features", "intrinsic_dimension", "hidden_mean", "n_tokens",
-                                   "truncated", "latency_s")}
+    pending = {key: [] for key in ("spline_features", "intrinsic_dimension", "hidden_mean", "latency_s")}
 
     def flush():
         if not pending_rows:
             return
-        rows = table.take(pa.array(np.concatenate(pending_rows)))
         arrays = {"spline_features": np.concatenate(pending["spline_features"]),
                   "intrinsic_dimension": np.concatenate(pending["intrinsic_dimension"]) if with_id else None,
                   "hidden_mean": np.concatenate(pending["hidden_mean"]) if save_hidden else None}
-        rows = _set_column(rows, "n_tokens", np.concatenate(pending["n_tokens"]).astype(np.int32))
-        rows = _set_column(rows, "truncated", np.concatenate(pending["truncated"]))
-        rows = _set_column(rows, "latency_s", np.concatenate(pending["latency_s"]))
-        writer.write(rows, arrays)
+        done = set_column(rows.take(pa.array(np.concatenate(pending_rows))), "latency_s",
+                          np.concatenate(pending["latency_s"]))
+        writer.write(done, arrays)
         pending_rows.clear()
         for value in pending.values():
             value.clear()
 
+    # On the CPU a batch's activations are heap blocks that glibc keeps once freed, more or fewer from
+    # one batch to the next, so the process creeps up over a long run. Handed back after each batch
+    # (under a millisecond), a 20,000-prompt run peaked 3 MiB above a 1,000-prompt one instead of
+    # 21 MiB (SmolLM2, layer 0, batches of 16, medians of 5 runs; see bench/README.md).
+    trim = next(model.parameters()).device.type == "cpu"
     bar = tqdm(total=n_rows, unit="prompt", desc=f"features {desc}", disable=not progress, smoothing=0.1)
     try:
-        for path in chunks:
-            table = _read_chunk(path)
-            ids, truncated = _tokenize(tokenizer, table.column("text").to_pylist(), max_length)
-            lengths = np.array([len(x) for x in ids], dtype=np.int64)
-            # The chunks already hold the rows longest first, none without tokens (see _plan): similar
-            # lengths share a batch (little padding), and an out-of-memory batch shows up at once.
-            order = range(len(ids))
-            if order and not warmed:
+        for path in files:
+            table = read_chunk(path)
+            # Token ids as int32 views of the chunk's pages; the rows are already longest first, none
+            # without tokens (see input_spool): similar lengths share a batch (little padding), and an
+            # out-of-memory batch shows up at once.
+            tokens = table.column(TOKENS).combine_chunks()
+            offsets, values = tokens.offsets.to_numpy(), tokens.values.to_numpy()
+            ids = [values[offsets[i]:offsets[i + 1]] for i in range(len(tokens))]
+            rows = table.drop_columns([TOKENS])
+            if not warmed:
                 # One untimed warm-up pass, so the first batch's latency is not inflated by lazy initialisation.
-                first = torch.from_numpy(ids[order[0]][:8]).long()[None]
+                first = torch.tensor(ids[0][:8], dtype=torch.long)[None]
                 model.spline_recorder.run(first, torch.ones_like(first, dtype=torch.bool), layers, with_id,
                                           save_hidden)
                 warmed = True
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
-                input_ids, mask = pad_batch([ids[i] for i in batch], pad_id, tokenizer.padding_side)
+            for start in range(0, len(ids), batch_size):
+                batch = np.arange(start, min(start + batch_size, len(ids)))
+                input_ids, mask = pad_batch([ids[i] for i in batch], pad_id, padding_side)
                 began = time.perf_counter()
                 result = model.spline_recorder.run(input_ids, mask, layers, with_id, save_hidden)
                 spline = result["spline"].flatten(1).float().cpu().numpy()  # the one host transfer per batch
                 elapsed = time.perf_counter() - began
-                pending_rows.append(np.asarray(batch))
+                pending_rows.append(batch)
                 pending["spline_features"].append(spline)
                 if with_id:
                     pending["intrinsic_dimension"].append(result["ids"].cpu().numpy().astype(np.int32))
                 if save_hidden:
                     pending["hidden_mean"].append(result["hidden"].float().cpu().numpy())
-                pending["n_tokens"].append(lengths[batch])
-                pending["truncated"].append(truncated[batch])
                 pending["latency_s"].append(np.full(len(batch), elapsed / len(batch)))
                 bar.update(len(batch))
+                if trim:
+                    pa.default_memory_pool().release_unused()  # the system pool's release is malloc_trim
                 if sum(len(r) for r in pending_rows) >= flush_every:
                     flush()
             flush()  # a part never spans two chunks
-            table = ids = None
+            table = tokens = offsets = values = ids = rows = None
     except KeyboardInterrupt:
         flush()
         bar.close()

@@ -64,6 +64,10 @@ def test_loading_and_targets_are_reported(tiny_run):
     assert any("loading" in n for n in names) and any("nnsight" in n for n in names)
     for t in res["targets"]:
         assert t["pass"] in (True, False, None)
+    runs = res["memory"]["runs"]
+    assert [r["prompts"] for r in runs] == [20, 40] and all("error" not in r for r in runs), runs
+    for r in runs:  # the run's peak covers the tokenising child, which is measured too
+        assert _positive(r["tokenising_mib"]) and r["run_peak_mib"] >= max(r["peak_rss_mib"], r["tokenising_mib"])
     assert "| method | prompts/s |" in md and "| target |" in md
     m = res["machine"]
     assert m["torch_threads"] >= 1 and m["cpu_cores"] >= 1 and m["torch"]
