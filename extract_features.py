@@ -230,14 +230,13 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
         settings["shard"] = f"{rank}/{world}"
     writer = FeatureWriter(out, settings, overwrite=overwrite, replace_stale=replace_stale)
 
-    # The input is tokenised once, in a child process, and spooled to disk longest first; the run then
-    # reads one chunk at a time: what stays in memory is one chunk, whatever the input's size.
-    spool = None if writer.complete else writer.parts_dir / "input"
-    try:
-        if writer.complete:
-            del source
-            log.info("%s is already complete with these settings: nothing to do", out)
-        else:
+    if writer.complete:
+        log.info("%s is already complete with these settings: nothing to do", out)
+    else:
+        # The input is tokenised once, in a child process, and spooled to disk longest first; the run
+        # then reads one chunk at a time: what stays in memory is one chunk, whatever the input's size.
+        spool = writer.parts_dir / "input"
+        try:
             # Whole batches per chunk, so that the batches are the ones of one length-sorted pass.
             rows_per_chunk = max(batch_size, chunk_size - chunk_size % batch_size)
             plan = run_in_child(_tokenise_and_spool, model, padding_side, source=source, positions=selected,
@@ -270,8 +269,7 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
                         "torch": torch.__version__, "transformers": transformers.__version__,
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             writer.finish(metadata)  # removes OUT.parts/, the spooled input with it
-    finally:
-        if spool is not None:
+        finally:
             shutil.rmtree(spool, ignore_errors=True)
     if world > 1:
         _merge_shards(final_out, out, world)

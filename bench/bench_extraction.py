@@ -62,6 +62,7 @@ LOAD_ROWS = 5000          # rows in the files of the loading benchmark
 MEMORY_RUNS = (1000, 20000)
 MEMORY_REPEATS = 5        # runs of each size, interleaved; the run with the median peak is reported
 MEMORY_TOKENS = (8, 32)   # the memory runs' prompts: windows of uniformly 8-32 tokens of local text
+MEMORY_TOKENS_TEXT = "%d-%d" % MEMORY_TOKENS
 MEMORY_LAYERS = "0"       # the memory runs keep layer 0 only (early exit) so 20,000 prompts fit the budget
 DEVICE = None             # default: cuda when available, else cpu
 DTYPE = "auto"            # float32 on every device (as extract_features)
@@ -525,9 +526,9 @@ def bench_memory(sizes, model, tokenizer, workdir: Path, batch_size, dtype, devi
                  repeats: int = MEMORY_REPEATS) -> dict:
     """Peak RSS of whole extract_features runs on n short prompts, each run in a fresh process."""
     texts = memory_prompts(tokenizer, max(sizes), *MEMORY_TOKENS, seed)
-    out = {"layers": MEMORY_LAYERS, "prompt_tokens": "%d-%d" % MEMORY_TOKENS, "repeats": repeats, "runs": []}
+    out = {"layers": MEMORY_LAYERS, "prompt_tokens": MEMORY_TOKENS_TEXT, "repeats": repeats, "runs": []}
     results = {n: [] for n in sizes}
-    # Sizes interleaved, run after run: identical runs differ by ~10 MiB, and a drift hits all sizes alike.
+    # Sizes interleaved, run after run: identical runs differ by a few MiB, and a drift hits all sizes alike.
     for n in [n for _ in range(repeats) for n in sizes]:
         # The prompts come from a file, one per line, as a user's run reads them (streamed from disk).
         texts_path = workdir / f"memory_{n}.txt"
@@ -767,7 +768,7 @@ def run(args, workdir: Path) -> dict:
             memory = bench_memory(args.memory_runs, args.model, tokenizer, workdir, args.batch_size, args.dtype,
                                   device, args.threads, args.seed, repeats=args.memory_repeats)
         except Exception as error:  # noqa: BLE001
-            memory = {"layers": MEMORY_LAYERS, "prompt_tokens": "%d-%d" % MEMORY_TOKENS, "runs": [],
+            memory = {"layers": MEMORY_LAYERS, "prompt_tokens": MEMORY_TOKENS_TEXT, "runs": [],
                       "error": repr(error)}
 
     targets = []
@@ -807,7 +808,7 @@ def run(args, workdir: Path) -> dict:
         small, large = runs.get(min(args.memory_runs)), runs.get(max(args.memory_runs))
         target(f"peak RSS {max(args.memory_runs)} / {min(args.memory_runs)} prompts",
                None if not small or not large else large / small, "<=", 1.0,
-               "whole extract_features runs in fresh processes (layer 0, 8-32-token prompts), medians")
+               f"whole extract_features runs in fresh processes (layer 0, {MEMORY_TOKENS_TEXT}-token prompts), medians")
 
     return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(device),
             "settings": {"model": args.model, "dtype": str(dtype).removeprefix("torch."), "device": device,
