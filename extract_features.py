@@ -340,7 +340,7 @@ def _run(model, pad_id: int, padding_side: str, files: list[Path], n_rows: int, 
 
     # On the CPU a batch's activations are heap blocks that glibc keeps once freed, more or fewer from
     # one batch to the next, so the process creeps up over a long run. Handed back after each batch
-    # (under a millisecond), a 20,000-prompt run peaked 3 MiB above a 1,000-prompt one instead of
+    # (under a millisecond), a 20,000-prompt run peaked 3-5 MiB above a 1,000-prompt one instead of
     # 21 MiB (SmolLM2, layer 0, batches of 16, medians of 5 runs; see bench/README.md).
     trim = next(model.parameters()).device.type == "cpu"
     bar = tqdm(total=n_rows, unit="prompt", desc=f"features {desc}", disable=not progress, smoothing=0.1)

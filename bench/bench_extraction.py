@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_extraction.py                  # default run (~10 min on 2 CPU cores)
     .venv/bin/python bench/bench_extraction.py --tiny           # seconds: checks that everything runs
     .venv/bin/python bench/bench_extraction.py --update-readme  # also paste the table into bench/README.md
+    .venv/bin/python bench/bench_extraction.py --memory-only    # the memory runs alone (compare allocators)
 
 Methods, timed batch by batch in turn (so a noisy neighbour slows all of them alike):
   bare forward      the stock model called on the padded batch (use_cache=False, logits included): the floor
@@ -472,6 +473,25 @@ def run_and_measure(fn, *args, **kwargs):
     return result
 extraction.spool_input, extraction.run_in_child = spool_and_measure, run_and_measure
 
+def reset_peak():  # VmHWM from here on (Linux >= 4.0); False where the kernel refuses
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+# Each batch's own peak: the progress bar is updated once per batch, after the batch and before the heap is
+# handed back, so the high-water mark read there and reset covers one batch (and its successor's set-up).
+batch_peaks = []
+class BatchPeaks(extraction.tqdm):
+    def update(self, n=1):
+        if after_load.get("reset"):
+            batch_peaks.append(status("VmHWM"))
+            reset_peak()
+        return super().update(n)
+extraction.tqdm = BatchPeaks
+
 after_load = {{}}
 load_model = model_loading.load_model
 def loaded(*args, **kwargs):
@@ -484,19 +504,19 @@ def loaded(*args, **kwargs):
         for tensor in [*model.parameters(), *model.buffers()]:
             tensor.sum()
     after_load["rss_mib"], after_load["hwm_mib"] = status("VmRSS"), status("VmHWM")
-    try:  # reset the high-water mark: what follows is the extraction's own peak
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        after_load["reset"] = True
-    except OSError:
-        after_load["reset"] = False
+    after_load["reset"] = reset_peak()  # what follows is the extraction's own peak
     return model
 model_loading.load_model = loaded
 
 t = time.perf_counter()
 extract_features({texts!r}, out={out!r}, model={model!r}, layers={layers!r}, batch_size={batch_size}, dtype={dtype!r},
                  device={device!r}, with_id=True, progress=False, overwrite=True)
-print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss_mib": status("VmHWM"),
+seconds, base, last = time.perf_counter() - t, after_load.get("rss_mib") or 0.0, status("VmHWM")
+above = sorted(p - base for p in batch_peaks)
+print(json.dumps({{"seconds": seconds, "peak_rss_mib": max([last, *batch_peaks]),
+                  "batches": len(above), "batch_peak_above_load_mib": None if not above else
+                      {{"min": above[0], "median": above[len(above) // 2], "max": above[-1]}},
+                  "finish_peak_above_load_mib": last - base if above else None,  # writing the file, after the batches
                   "tokenising_mib": tokenising.get("mib"),
                   "rss_after_load_mib": after_load.get("rss_mib"), "load_peak_mib": after_load.get("hwm_mib"),
                   "peak_is_after_load": after_load.get("reset")}}))
@@ -554,6 +574,20 @@ def bench_memory(sizes, model, tokenizer, workdir: Path, batch_size, dtype, devi
     return out
 
 
+def target_row(name: str, measured, op: str, threshold: float, note: str) -> dict:
+    ok = None if measured is None else (measured <= threshold if op == "<=" else measured >= threshold)
+    return {"target": name, "measured": measured, "op": op, "threshold": threshold, "pass": ok, "note": note}
+
+
+def memory_target(memory: dict, sizes) -> dict:
+    runs = {r["prompts"]: r.get("run_peak_mib") for r in memory["runs"]}
+    small, large = runs.get(min(sizes)), runs.get(max(sizes))
+    return target_row(f"peak RSS {max(sizes)} / {min(sizes)} prompts",
+                      None if not small or not large else large / small, "<=", 1.0,
+                      f"whole extract_features runs in fresh processes (layer 0, {MEMORY_TOKENS_TEXT}-token prompts), "
+                      "medians")
+
+
 # -- the run ---------------------------------------------------------------------------------------
 def make_tiny_model(folder: Path) -> Path:
     """A 4-layer random Llama with a word-level tokenizer of local words: the --tiny mode needs no download."""
@@ -597,6 +631,11 @@ def machine_info(device: str) -> dict:
             "platform": platform.platform(), "device": device}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    # Settings of the C allocator (the memory runs inherit them), so a table says which one it measured.
+    allocator = {key: " ".join(Path(v).name for v in re.split(r"[ :]", value) if v) if key == "LD_PRELOAD" else value
+                 for key, value in os.environ.items()
+                 if key in ("LD_PRELOAD", "GLIBC_TUNABLES") or key.startswith("MALLOC_")}
+    info["allocator_env"] = allocator or None
     try:
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
@@ -775,11 +814,10 @@ def run(args, workdir: Path) -> dict:
     budget = FIRST_LAYERS / n_layers + 0.10
 
     def target(name, measured, op, threshold, note, cpu_only=False):
-        ok = None if measured is None else (measured <= threshold if op == "<=" else measured >= threshold)
+        row = target_row(name, measured, op, threshold, note)
         if cpu_only and device.startswith("cuda"):  # shown, not judged: the issue sets it for the 2-core CPU
-            ok, note = None, note + "; a CPU target"
-        targets.append({"target": name, "measured": measured, "op": op, "threshold": threshold, "pass": ok,
-                        "note": note})
+            row.update({"pass": None, "note": note + "; a CPU target"})
+        targets.append(row)
 
     target("full extraction time / bare forward (with ID)", rel("ours_all_id", "bare"), "<=", 1.10,
            "ours, all layers + ID", cpu_only=True)
@@ -804,11 +842,7 @@ def run(args, workdir: Path) -> dict:
         target("GPU: throughput vs paper's approach (with ID)", rel("paper_id", "ours_all_id"), ">=", 5.0,
                "batching on a GPU")
     if memory:
-        runs = {r["prompts"]: r.get("run_peak_mib") for r in memory["runs"]}
-        small, large = runs.get(min(args.memory_runs)), runs.get(max(args.memory_runs))
-        target(f"peak RSS {max(args.memory_runs)} / {min(args.memory_runs)} prompts",
-               None if not small or not large else large / small, "<=", 1.0,
-               f"whole extract_features runs in fresh processes (layer 0, {MEMORY_TOKENS_TEXT}-token prompts), medians")
+        targets.append(memory_target(memory, args.memory_runs))
 
     return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(device),
             "settings": {"model": args.model, "dtype": str(dtype).removeprefix("torch."), "device": device,
@@ -824,18 +858,47 @@ def run(args, workdir: Path) -> dict:
             "methods": methods, "loading": loading, "memory": memory, "targets": targets}
 
 
+def run_memory_only(args, workdir: Path) -> dict:
+    """The memory runs alone: e.g. to compare allocators, set in the environment the runs inherit."""
+    from model_loading import default_device, load_tokenizer
+
+    device = args.device or default_device()
+    print(f"memory runs {list(args.memory_runs)} (layers {MEMORY_LAYERS}, short prompts) ...", flush=True)
+    memory = bench_memory(args.memory_runs, args.model, load_tokenizer(args.model, "right"), workdir,
+                          args.batch_size, args.dtype, device, args.threads, args.seed, repeats=args.memory_repeats)
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(device),
+            "settings": {"model": args.model, "device": device, "batch_size": args.batch_size, "tiny": args.tiny,
+                         "memory_only": True},
+            "memory": memory, "targets": [memory_target(memory, args.memory_runs)]}
+
+
 # -- report ----------------------------------------------------------------------------------------
 def _fmt(x, digits=2):
     return "-" if x is None else f"{x:.{digits}f}"
 
 
 def markdown(res: dict) -> str:
-    m, s = res["machine"], res["settings"]
+    m = res["machine"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    allocator = m.get("allocator_env")
     lines = [f"Machine: {m['cpu']}, {m['cpu_cores']} cores, {m.get('memory_gib', '?')} GiB{gpu}; torch {m['torch']} "
-             f"({m['torch_threads']} threads), transformers {m['transformers']}, Python {m['python']}; "
-             f"run {res['created']}.",
-             "",
+             f"({m['torch_threads']} threads), transformers {m['transformers']}, Python {m['python']}"
+             + ("" if not allocator else "; allocator settings " + ", ".join(f"`{k}={v}`" for k, v in allocator.items()))
+             + f"; run {res['created']}."]
+    if "methods" in res:  # not with --memory-only
+        lines += _timing_lines(res)
+    lines += _memory_lines(res.get("memory"))
+    lines += ["", "| target | measured | required | result |", "|---|---:|---:|---|"]
+    for t in res["targets"]:
+        verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
+        lines.append(f"| {t['target']} ({t['note']}) | {_fmt(t['measured'], 3)} | {t['op']} {t['threshold']:.3g} | "
+                     f"{verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def _timing_lines(res: dict) -> list[str]:
+    s = res["settings"]
+    lines = ["",
              f"Model {s['model']} ({s['n_layers']} layers, {s['dtype']}, {s['device']}); {s['n_prompts']} prompts "
              f"from {s['prompts']}, {s['tokens']} tokens ({s['padded_tokens']} with the batches' padding), "
              f"{s['token_lengths']['min']}-{s['token_lengths']['max']} "
@@ -849,7 +912,7 @@ def markdown(res: dict) -> str:
              "",
              "| method | prompts/s | time (s) | time / bare forward | peak extra memory (MiB) | max abs diff vs ours |",
              "|---|---:|---:|---:|---:|---:|"]
-    for name, r in res["methods"].items():
+    for r in res["methods"].values():
         if "skipped" in r:
             lines.append(f"| {r['label']} | not run: {r['skipped']} | | | | |")
             continue
@@ -858,38 +921,43 @@ def markdown(res: dict) -> str:
                      f"{r['peak_extra_mib']:.0f} | {diff} |")
     ld = res["loading"]
     if "error" in ld:
-        lines += ["", f"Loading benchmark failed: {ld['error']}"]
-    else:
-        lines += ["", f"Loading {ld['rows']} rows of features (all layers + ID), median of 3:", "",
-              "| reader | seconds | file (MiB) | our speed-up |", "|---|---:|---:|---:|",
-              f"| ours: `feature_io.load_features` (parquet) | {ld['ours_s']:.4f} | {ld['parquet_mib']:.2f} | 1 |",
-              f"| paper-style CSV, `json.loads` per cell | {ld['csv_json_s']:.4f} | {ld['csv_mib']:.2f} | "
-              f"{ld['speedup_vs_json']:.0f}x |",
-              f"| paper-style CSV, `ast.literal_eval` per cell | {ld['csv_literal_eval_s']:.4f} | {ld['csv_mib']:.2f} | "
-              f"{ld['speedup_vs_literal_eval']:.0f}x |"]
-    mem = res.get("memory")
-    if mem:
-        lines += ["", f"Peak memory of whole `extract_features` runs, each in a fresh process (layers {mem['layers']}"
-                  f" only and prompts of {mem.get('prompt_tokens', '?')} tokens, so that 20,000 prompts fit the time"
-                  " budget; the model paged in fully before the peak is reset; the run's peak is the larger of the"
-                  " peak while extracting and the memory while the input is tokenised in a child process; median of"
-                  f" {mem.get('repeats', 1)} runs each, every run's peak shown):", "",
-                  "| prompts | run's peak (MiB) | peak while extracting (MiB) | tokenising: this process + the "
-                  "child's own (MiB) | RSS after loading the model (MiB) | seconds | every run's peak (MiB) |",
-                  "|---:|---:|---:|---:|---:|---:|---|"]
-        for r in mem["runs"]:
-            if "error" in r:
-                lines.append(f"| {r['prompts']} | failed | | | | | |")
-            else:
-                lines.append(f"| {r['prompts']} | {r['run_peak_mib']:.1f} | {r['peak_rss_mib']:.1f} | "
-                             f"{_fmt(r.get('tokenising_mib'), 1)} | {_fmt(r['rss_after_load_mib'], 1)} | "
-                             f"{r['seconds']:.1f} | {', '.join(f'{x:.1f}' for x in r.get('peaks_mib', []))} |")
-    lines += ["", "| target | measured | required | result |", "|---|---:|---:|---|"]
-    for t in res["targets"]:
-        verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
-        lines.append(f"| {t['target']} ({t['note']}) | {_fmt(t['measured'], 3)} | {t['op']} {t['threshold']:.3g} | "
-                     f"{verdict} |")
-    return "\n".join(lines) + "\n"
+        return lines + ["", f"Loading benchmark failed: {ld['error']}"]
+    return lines + [
+        "", f"Loading {ld['rows']} rows of features (all layers + ID), median of 3:", "",
+        "| reader | seconds | file (MiB) | our speed-up |", "|---|---:|---:|---:|",
+        f"| ours: `feature_io.load_features` (parquet) | {ld['ours_s']:.4f} | {ld['parquet_mib']:.2f} | 1 |",
+        f"| paper-style CSV, `json.loads` per cell | {ld['csv_json_s']:.4f} | {ld['csv_mib']:.2f} | "
+        f"{ld['speedup_vs_json']:.0f}x |",
+        f"| paper-style CSV, `ast.literal_eval` per cell | {ld['csv_literal_eval_s']:.4f} | {ld['csv_mib']:.2f} | "
+        f"{ld['speedup_vs_literal_eval']:.0f}x |"]
+
+
+def _memory_lines(mem: dict | None) -> list[str]:
+    if not mem:
+        return []
+    lines = ["", f"Peak memory of whole `extract_features` runs, each in a fresh process (layers {mem['layers']}"
+             f" only and prompts of {mem.get('prompt_tokens', '?')} tokens, so that 20,000 prompts fit the time"
+             " budget; the model paged in fully before the peak is reset; the run's peak is the larger of the"
+             " peak while extracting and the memory while the input is tokenised in a child process; a batch's"
+             " peak is the high-water mark from the end of one batch to the end of the next; median of"
+             f" {mem.get('repeats', 1)} runs each, every run's peak shown):", "",
+             "| prompts | run's peak (MiB) | peak while extracting (MiB) | tokenising: this process + the "
+             "child's own (MiB) | RSS after loading the model (MiB) | batches | a batch's peak above that RSS: "
+             "min / median / max (MiB) | after the batches (the file written), above that RSS (MiB) | seconds | "
+             "every run's peak (MiB) |",
+             "|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
+    for r in mem["runs"]:
+        if "error" in r:
+            lines.append(f"| {r['prompts']} | failed | | | | | | | | |")
+            continue
+        spread = r.get("batch_peak_above_load_mib")
+        spread = "-" if not spread else " / ".join(f"{spread[k]:.1f}" for k in ("min", "median", "max"))
+        lines.append(f"| {r['prompts']} | {r['run_peak_mib']:.1f} | {r['peak_rss_mib']:.1f} | "
+                     f"{_fmt(r.get('tokenising_mib'), 1)} | {_fmt(r['rss_after_load_mib'], 1)} | "
+                     f"{r.get('batches', '-')} | {spread} | {_fmt(r.get('finish_peak_above_load_mib'), 1)} | "
+                     f"{r['seconds']:.1f} | "
+                     f"{', '.join(f'{x:.1f}' for x in r.get('peaks_mib', []))} |")
+    return lines
 
 
 def update_readme(table: str, path: Path = README, gpu: bool = False) -> None:
@@ -918,6 +986,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-runs", type=int, nargs=2, default=MEMORY_RUNS, metavar=("SMALL", "LARGE"))
     p.add_argument("--memory-repeats", type=int, default=MEMORY_REPEATS, help="runs of each size (median reported)")
     p.add_argument("--skip-memory", action="store_true", help="skip the 1,000 vs 20,000-prompt memory runs")
+    p.add_argument("--memory-only", action="store_true",
+                   help="only the memory runs (they inherit the environment: LD_PRELOAD, MALLOC_*)")
     p.add_argument("--skip-nnsight", action="store_true")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--tiny", action="store_true",
@@ -939,13 +1009,15 @@ def main(argv=None) -> int:
             args.model = str(make_tiny_model(args.out_dir / "tiny-llama"))
     os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory(prefix="work-", dir=args.out_dir) as workdir:
-        res = run(args, Path(workdir))
+        res = run_memory_only(args, Path(workdir)) if args.memory_only else run(args, Path(workdir))
     table = markdown(res)
     (args.out_dir / "bench.json").write_text(json.dumps(res, indent=1))
     (args.out_dir / "bench.md").write_text(table)
     print(table)
     print(f"wrote {args.out_dir / 'bench.json'} and {args.out_dir / 'bench.md'}")
-    if args.update_readme:
+    if args.update_readme and args.memory_only:
+        print("--update-readme needs the full run: the README table is not rewritten from --memory-only")
+    elif args.update_readme:
         update_readme(table, gpu=res["settings"]["device"].startswith("cuda"))
         print(f"updated {README}")
     return 0

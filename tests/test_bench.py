@@ -6,6 +6,7 @@ timings of a tiny model on a shared CI machine mean nothing. The real numbers co
 """
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,9 +69,33 @@ def test_loading_and_targets_are_reported(tiny_run):
     assert [r["prompts"] for r in runs] == [20, 40] and all("error" not in r for r in runs), runs
     for r in runs:  # the run's peak covers the tokenising child, which is measured too
         assert _positive(r["tokenising_mib"]) and r["run_peak_mib"] >= max(r["peak_rss_mib"], r["tokenising_mib"])
+        _check_batch_peaks(r)
     assert "| method | prompts/s |" in md and "| target |" in md
     m = res["machine"]
     assert m["torch_threads"] >= 1 and m["cpu_cores"] >= 1 and m["torch"]
+
+
+def _check_batch_peaks(run):
+    """One peak per batch (batches of 3 in the tiny mode), none above the run's peak while extracting."""
+    assert run["batches"] == math.ceil(run["prompts"] / 3)
+    spread, base = run["batch_peak_above_load_mib"], run["rss_after_load_mib"]
+    assert 0 <= spread["min"] <= spread["median"] <= spread["max"]
+    assert base + max(spread["max"], run["finish_peak_above_load_mib"]) == pytest.approx(run["peak_rss_mib"])
+
+
+def test_memory_only_runs_the_memory_runs_alone(tmp_path):
+    """--memory-only, for comparing allocators: the settings the runs inherit are named in the table."""
+    env = dict(os.environ, MALLOC_ARENA_MAX="2")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--memory-only", "--out-dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert "methods" not in res and [t["target"] for t in res["targets"]] == ["peak RSS 40 / 20 prompts"]
+    for r in res["memory"]["runs"]:
+        _check_batch_peaks(r)
+    assert res["machine"]["allocator_env"] == {"MALLOC_ARENA_MAX": "2"}
+    md = (tmp_path / "bench.md").read_text()
+    assert "`MALLOC_ARENA_MAX=2`" in md and "| method |" not in md and "| 40 |" in md
 
 
 def test_update_readme_rewrites_only_the_marked_section(tmp_path):
