@@ -545,6 +545,7 @@ def memory_prompts(tokenizer, n: int, lo: int, hi: int, seed: int) -> list[str]:
 def bench_memory(sizes, model, tokenizer, workdir: Path, batch_size, dtype, device, threads, seed,
                  repeats: int = MEMORY_REPEATS) -> dict:
     """Peak RSS of whole extract_features runs on n short prompts, each run in a fresh process."""
+    print(f"memory runs {list(sizes)} x {repeats} (layers {MEMORY_LAYERS}, short prompts) ...", flush=True)
     texts = memory_prompts(tokenizer, max(sizes), *MEMORY_TOKENS, seed)
     out = {"layers": MEMORY_LAYERS, "prompt_tokens": MEMORY_TOKENS_TEXT, "repeats": repeats, "runs": []}
     results = {n: [] for n in sizes}
@@ -802,7 +803,6 @@ def run(args, workdir: Path) -> dict:
         loading = {"error": repr(error)}
     memory = None
     if not args.skip_memory:
-        print(f"memory runs {list(args.memory_runs)} (layers {MEMORY_LAYERS}, short prompts) ...", flush=True)
         try:
             memory = bench_memory(args.memory_runs, args.model, tokenizer, workdir, args.batch_size, args.dtype,
                                   device, args.threads, args.seed, repeats=args.memory_repeats)
@@ -863,7 +863,6 @@ def run_memory_only(args, workdir: Path) -> dict:
     from model_loading import default_device, load_tokenizer
 
     device = args.device or default_device()
-    print(f"memory runs {list(args.memory_runs)} (layers {MEMORY_LAYERS}, short prompts) ...", flush=True)
     memory = bench_memory(args.memory_runs, args.model, load_tokenizer(args.model, "right"), workdir,
                           args.batch_size, args.dtype, device, args.threads, args.seed, repeats=args.memory_repeats)
     return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(device),
