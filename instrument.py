@@ -1,13 +1,13 @@
 """Attach the spline statistics and the attention ID to any transformers model, without copying it.
 
 Two small interventions, both architecture-agnostic:
-  * a forward hook on each layer's first MLP map (``gate_proj`` for gated MLPs, ``c_fc``/``fc1``/
+  * a hook (hooks.py, the project's one hook module) on each layer's first MLP map (``gate_proj`` for gated MLPs, ``c_fc``/``fc1``/
     ``intermediate.dense`` for GELU MLPs) turns its output h into the 7 statistics of that layer;
   * the model's attention function (sdpa, eager, flash, ...) is wrapped under the name
     ``spline_<base>``: before delegating, it scores the last real token's query against the keys
     and counts the keys above 0.1 x the head's maximum. The wrapped function itself is unchanged,
     so logits are bit-identical to the stock model and no [T, T] attention map is ever kept.
-Early exit: the hook of the deepest requested layer raises :class:`StopForward`, so asking for
+Early exit: the trace of the deepest requested layer raises :class:`StopForward`, so asking for
 layers 0-2 runs only the embeddings and the first three decoder layers.
 """
 from __future__ import annotations
@@ -19,6 +19,8 @@ from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
+from hooks import StopForward, TraceDict, UnsupportedArchitecture  # noqa: F401 (re-exported)
+from hooks import decoder_layers as _decoder_layers
 from spline_stats import last_token_attention_id, partition_statistics
 
 # Name of the first MLP map in each family, most specific first. Its output is the
@@ -36,26 +38,11 @@ SUPPORTED = ("Llama, Mistral, Qwen2/Qwen3, Gemma 1-3 (gated MLPs); GPT-2, GPT-Ne
              "and BERT-like encoders (first MLP map before the activation)")
 
 
-class UnsupportedArchitecture(ValueError):
-    pass
-
-
-class StopForward(Exception):
-    """Raised by the deepest requested layer's hook: nothing after it is needed."""
-
-
-def _text_config(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's stack of transformer blocks: the ModuleList with one entry per hidden layer."""
-    n_layers = getattr(_text_config(model.config), "num_hidden_layers", None)
-    for _, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
-            return module
-    raise UnsupportedArchitecture(
-        f"Could not find the {n_layers} transformer blocks of {type(model).__name__}. Supported: {SUPPORTED}.")
+    try:
+        return _decoder_layers(model)
+    except UnsupportedArchitecture as error:
+        raise UnsupportedArchitecture(f"{error} Supported: {SUPPORTED}.") from None
 
 
 def find_gate(layer: nn.Module, index: int) -> nn.Module:
@@ -85,8 +72,9 @@ class SplineRecorder:
         self.gates = [find_gate(layer, i) for i, layer in enumerate(self.layers)]
         self._inv_norms: dict[int, tuple] = {}
         self._active = None  # the state of the forward pass in flight, or None
-        for index, (layer, gate) in enumerate(zip(self.layers, self.gates)):
-            gate.register_forward_hook(self._make_gate_hook(index))
+        names = {module: name for name, module in model.named_modules()}
+        self._gate_index = {names[gate]: i for i, gate in enumerate(self.gates)}  # traced name -> layer
+        for index, layer in enumerate(self.layers):
             for module in layer.modules():  # the attention function is handed one of these
                 module.__dict__["_spline_layer"] = index
                 module.__dict__["_spline_recorder"] = self
@@ -106,21 +94,19 @@ class SplineRecorder:
             self._inv_norms[index] = cached
         return cached[1]
 
-    def _make_gate_hook(self, index: int):
-        def hook(module, inputs, output):
-            state = self._active
-            if state is None or index not in state["wanted"]:
-                return None
-            mask = state["mask"].to(output.device, non_blocking=True)
-            state["spline"][index] = partition_statistics(output, self._inv_norm(index), mask)
-            if index == state["deepest"]:
-                if state["pool_hidden"]:
-                    x = inputs[0].float()
-                    m = mask[..., None]
-                    state["hidden"] = torch.where(m, x, 0.0).sum(1) / m.sum(1)
-                raise StopForward
-            return None
-        return hook
+    def _gate_statistics(self, output: torch.Tensor, name: str) -> None:
+        """Trace callback on a gate: its output h becomes the layer's 7 statistics (h is left as it is)."""
+        state = self._active
+        index = self._gate_index[name]
+        mask = state["mask"].to(output.device, non_blocking=True)
+        state["spline"][index] = partition_statistics(output, self._inv_norm(index), mask)
+
+    def _pool_input(self, x: torch.Tensor, name: str) -> None:
+        """Trace callback on the deepest gate: mean over real tokens of the MLP's (normed) input."""
+        state = self._active
+        if state["pool_hidden"] and self._gate_index[name] == state["deepest"]:
+            m = state["mask"].to(x.device)[..., None]
+            state["hidden"] = torch.where(m, x.float(), 0.0).sum(1) / m.sum(1)
 
     # -- attention intrinsic dimension -----------------------------------------------------------
     def record_id(self, module, query, key, attention_mask, kwargs) -> None:
@@ -180,11 +166,12 @@ class SplineRecorder:
         # Positions count real tokens only, so a left-padded prompt sees the positions it has alone.
         position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
         self._active = state
+        gates = [self.gates[i] for i in layers]
         try:
-            self.model(input_ids=input_ids.to(device), attention_mask=mask.long(), position_ids=position_ids,
-                       use_cache=False)
-        except StopForward:
-            pass
+            with TraceDict(self.model, gates, retain_output=False, edit_output=self._gate_statistics,
+                           edit_input=self._pool_input if pool_hidden else None, stop=True):
+                self.model(input_ids=input_ids.to(device), attention_mask=mask.long(), position_ids=position_ids,
+                           use_cache=False)
         finally:
             self._active = None
         missing = [i for i in layers if i not in state["spline"]]

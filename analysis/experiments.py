@@ -23,7 +23,7 @@ from .data import AnalysisInputError, Corpus, Task, build_task, check_folds, lay
 from .detectors import detectors_for
 from .models import (UNLABELED, Settings, binary_metrics, fit_quiet, labeled_mask, make_lr, make_rf,
                      oriented_auc, positive_scores, self_training, stratified_folds, summarize)
-from .report import Table, num, pct, write_json
+from .report import Table, num, pct, system_sections, write_json
 
 TITLES = {
     "detection": "1. Toxicity detection",
@@ -555,7 +555,7 @@ def _results_md(run: Run, results: dict, sections) -> str:
         for f in figures:
             rel = Path(f).relative_to(run.out)
             lines += [f"![{Path(f).stem}]({rel.as_posix()})", ""]
-    return "\n".join(lines + _id_section(run))
+    return "\n".join(lines + _id_section(run) + system_sections(run.out))
 
 
 def _id_section(run: Run) -> list[str]:

@@ -81,3 +81,30 @@ def _clean(obj):
 
 def write_json(path: Path, data: dict) -> None:
     Path(path).write_text(json.dumps(_clean(data), indent=1, sort_keys=True) + "\n")
+
+
+# The other systems (spectral_editing.py, selfie.py, neuron_topics.py, ...) each write their own part of
+# RESULTS.md to results/<system>.md under the output folder; statistic_analysis.py appends every one it
+# finds, in this order (unknown names after, alphabetically), so RESULTS.md gathers all of them.
+SYSTEM_ORDER = ("id_refusal", "same_genre", "spectral_editing", "selfie", "neuron_topics")
+
+
+def section_path(out_dir, system: str) -> Path:
+    return Path(out_dir) / "results" / f"{system}.md"
+
+
+def write_section(out_dir, system: str, markdown: str) -> Path:
+    """Write (atomically) one system's section of RESULTS.md: a '## ...' heading, tables, figures."""
+    path = section_path(out_dir, system)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(markdown.rstrip() + "\n")
+    partial.replace(path)
+    return path
+
+
+def system_sections(out_dir) -> list[str]:
+    folder = Path(out_dir) / "results"
+    found = {p.stem: p for p in folder.glob("*.md")} if folder.is_dir() else {}
+    order = [n for n in SYSTEM_ORDER if n in found] + sorted(n for n in found if n not in SYSTEM_ORDER)
+    return [found[n].read_text().rstrip() + "\n" for n in order]
