@@ -67,3 +67,15 @@ def last_token_attention_id(query: torch.Tensor, key: torch.Tensor, scaling: flo
     weights = scores.softmax(dim=-1)
     peak = weights.amax(dim=-1, keepdim=True)
     return (weights > ID_THRESHOLD * peak).sum(dim=(1, 2), dtype=torch.int32)
+
+
+def unit_activation_frequency(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """How often each unit is on the positive side of its hyperplane, over each prompt's real tokens.
+
+    h     [B, T, D] gate pre-activations;  mask [B, T] True on real tokens
+    returns [B, D] float32 in [0, 1]: the share of the prompt's tokens with h[t, d] > 0 (the per-unit
+    view of the region the prompt's tokens fall in; its mean over d is the 'frac' statistic's mean).
+    """
+    mask = mask.to(h.device)
+    positive = (h > 0) & mask[..., None]
+    return positive.sum(dim=1, dtype=torch.int32).float() / mask.sum(dim=1, dtype=torch.float32)[:, None]
