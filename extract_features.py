@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -36,7 +37,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from feature_io import FeatureWriter, RunMismatchError, feature_names, merge_feature_files  # noqa: E402
+from cli import UserError, layer_spec, output_lock, parse_layer_spec, positive_int, run_main  # noqa: E402
+from feature_io import FeatureWriter, feature_names, merge_feature_files  # noqa: E402
 from input_spool import (TOKENS, chunks, input_texts, read_chunk, run_in_child, set_column,  # noqa: E402
                          spool_input)
 
@@ -55,56 +57,74 @@ LINE_BREAKS = "\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]"  # str.splitline
 
 # -- inputs -----------------------------------------------------------------------------------------
 def read_texts(path, text_column: str = "text") -> pd.DataFrame:
-    """A DataFrame with the text column from .txt, .csv, .jsonl/.json or .parquet."""
+    """A DataFrame with the text column from .txt, .csv, .jsonl/.json or .parquet.
+
+    Bytes that are not UTF-8 become U+FFFD, with one warning naming the file and the lines affected; a
+    file that cannot be parsed is a UserError naming the file (and the line, where the format has lines)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"Input file not found: {path}")
+        raise UserError(f"input file not found: {path}; check the path given to --texts")
+    if path.is_dir():
+        raise UserError(f"--texts {path} is a directory; give a file (.txt, .csv, .jsonl or .parquet)")
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        raw = path.read_bytes()
-        text = raw.decode("utf-8", errors="replace")
-        n_bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
-        if n_bad:
-            log.warning("%s: %d undecodable byte sequences replaced by U+FFFD", path, n_bad)
+        text = _read_utf8(path)
         # Split inside Arrow, as str.splitlines() would: a Python string per line would leave the
         # freed lines' heap arenas behind for the whole run (~0.4 KiB a line, seen in the memory bench).
         lines = pc.split_pattern_regex(pa.array([text], type=pa.large_string()), LINE_BREAKS)[0].values
-        del raw, text
+        del text
         if len(lines) and lines[len(lines) - 1].as_py() == "":  # the break that ends the last line
             lines = lines[:-1]
         frame = pd.DataFrame({text_column: pd.Series(lines, dtype=pd.ArrowDtype(pa.large_string()))})
     elif suffix == ".csv":
-        frame = pd.read_csv(path, encoding_errors="replace")
-    elif suffix in (".jsonl", ".json"):
-        frame = pd.read_json(path, lines=suffix == ".jsonl")
+        try:
+            frame = pd.read_csv(io.StringIO(_read_utf8(path)))
+        except pd.errors.EmptyDataError:
+            frame = pd.DataFrame()
+        except pd.errors.ParserError as error:
+            raise UserError(f"{path} is not a valid CSV file ({' '.join(str(error).split())}); fix that line, "
+                            "or quote fields that hold commas or line breaks") from None
+    elif suffix == ".jsonl":
+        from data.cleaning import parse_jsonl
+        frame = pd.DataFrame(parse_jsonl(_read_utf8(path), str(path)))
+    elif suffix == ".json":
+        try:
+            frame = pd.read_json(io.StringIO(_read_utf8(path)))
+        except ValueError as error:
+            raise UserError(f"{path} is not a JSON table ({error}); give records as a list of objects, or one "
+                            "object a line in a .jsonl file") from None
     elif suffix == ".parquet":
-        frame = pd.read_parquet(path)
+        try:
+            frame = pd.read_parquet(path)
+        except (pa.ArrowException, OSError) as error:
+            raise UserError(f"{path} is not a readable parquet file ({' '.join(str(error).split())}); "
+                            "rewrite it, or give the texts as .txt, .csv or .jsonl") from None
     else:
-        raise ValueError(f"Unsupported input {path}: use .txt, .csv, .jsonl or .parquet.")
+        raise UserError(f"unsupported input {path}: use .txt (one text per line), .csv, .jsonl or .parquet")
     return frame
+
+
+def _read_utf8(path: Path) -> str:
+    """The file as text; bytes that are not UTF-8 become U+FFFD, and one warning counts the lines hit."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    n_lines = 0
+    for line in io.BytesIO(raw):  # one line at a time: no list of every line
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            n_lines += 1
+    log.warning("%s: %d line(s) hold bytes that are not UTF-8; they were replaced by U+FFFD", path, n_lines)
+    return raw.decode("utf-8", errors="replace")
 
 
 def check_text_column(frame: pd.DataFrame, text_column: str, origin: str) -> None:
     if text_column not in frame.columns:
-        raise KeyError(f"{origin} has no column {text_column!r}; its columns are {list(frame.columns)}. "
-                       "Pass --text-column NAME.")
-
-
-def parse_layers(spec, n_layers: int) -> list[int]:
-    """'all', 'a-b', 'a,b,c' (mixable: '0-2,10') or a list of ints -> sorted unique layer indices."""
-    if spec is None or spec == "all":
-        return list(range(n_layers))
-    if isinstance(spec, str):
-        layers = []
-        for part in spec.split(","):
-            lo, _, hi = part.strip().partition("-")
-            layers.extend(range(int(lo), int(hi or lo) + 1))
-    else:
-        layers = [int(i) for i in spec]
-    layers = sorted(set(layers))
-    if not layers or layers[0] < 0 or layers[-1] >= n_layers:
-        raise ValueError(f"--layers {spec!r} is outside the model's layers 0-{n_layers - 1}.")
-    return layers
+        raise UserError(f"{origin} has no column {text_column!r}; its columns are {list(frame.columns)}. "
+                        "Pass --text-column NAME.")
 
 
 def model_slug(model: str) -> str:
@@ -175,16 +195,17 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
     before the model loads); the extraction reads them back one chunk at a time.
     """
     # Imported here so that `--help`, bad arguments and reading features never load torch models.
-    from transformers import AutoConfig
-
-    from model_loading import default_device, load_model, resolve_dtype, resolve_model
+    from model_loading import check_device, default_device, load_model, model_config, resolve_dtype
 
     if (texts is None) == (dataset is None):
-        raise ValueError("Give exactly one of texts (--texts FILE) or dataset (--dataset NAME).")
-    if batch_size < 1 or max_length < 1 or chunk_size < 1:
-        raise ValueError("batch_size, max_length and chunk_size must be positive.")
+        raise UserError("give exactly one of texts (--texts FILE) or dataset (--dataset NAME)")
+    if batch_size < 1 or max_length < 1 or chunk_size < 1 or flush_every < 1:
+        raise UserError("batch_size, max_length, chunk_size and flush_every must be positive")
     if padding_side not in ("left", "right"):
-        raise ValueError("padding_side must be 'left' or 'right'.")
+        raise UserError("padding_side must be 'left' or 'right'")
+    check_device(device)  # a device that is not there is refused by name before anything is read or loaded
+    if out is not None and Path(out).is_dir():
+        raise UserError(f"--out {out} is a directory; give the output file, e.g. {Path(out) / 'NAME.parquet'}")
     if dataset is not None:
         from data import load_dataset
         source, origin = load_dataset(dataset), f"dataset {dataset!r}"
@@ -197,7 +218,7 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
         source = texts if isinstance(texts, (list, tuple)) else list(texts)
         origin, name = "the list of texts", "texts"
     if source.empty if isinstance(source, pd.DataFrame) else not len(source):
-        raise ValueError(f"{origin} holds no rows.")
+        raise UserError(f"{origin} holds no rows: nothing to extract")
     if isinstance(source, pd.DataFrame):
         check_text_column(source, text_column, origin)
     selected = _select_rows(len(source), limit, sample, seed)  # row_id = position in the full input
@@ -208,71 +229,83 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
         device = str(PartialState().device)
     device = device or (None if device_map is not None else default_device())
     torch_dtype = resolve_dtype(dtype, device or "cuda")
-    source_model, extra = resolve_model(model)
-    n_layers_total = AutoConfig.from_pretrained(source_model, **extra).get_text_config().num_hidden_layers
-    layers = parse_layers(layers, n_layers_total)
+    n_layers_total = model_config(model).get_text_config().num_hidden_layers
+    layers = parse_layer_spec("all" if layers is None else layers, n_layers_total)
     out = Path(out) if out is not None else default_out(model, name, layers, n_layers_total, features_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    # The passes over the texts run in a child process (see input_spool.run_in_child): what they leave
-    # on the heap goes with it, so this process's memory does not grow with the input.
-    fingerprint = run_in_child(_fingerprint, source, selected, text_column, chunk_size)
-    settings = {"model": str(model), "layers": layers, "dtype": str(torch_dtype).removeprefix("torch."),
-                "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
-                "padding_side": padding_side, "input": origin, "limit": limit, "sample": sample,
-                "seed": seed, "n_input_rows": len(selected), "input_sha1": fingerprint}
-
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the folder of {out} ({error.strerror}); choose another --out") from None
     # Under `accelerate launch`, each process takes every n-th row and writes its own file.
     final_out = out
     if world > 1:
-        selected = selected[rank::world]
         out = out.with_name(f"{out.stem}.rank{rank}of{world}{out.suffix}")
-        settings["shard"] = f"{rank}/{world}"
-    writer = FeatureWriter(out, settings, overwrite=overwrite, replace_stale=replace_stale)
+    # One writer per output, for the whole run: a second run on it is refused at once, naming this one's pid
+    # (two runs on one parts folder would number their parts alike and lose rows). The kernel drops the lock
+    # when this process dies, so a killed run's output is resumed without asking.
+    with output_lock(out, what=str(out)):
+        # The passes over the texts run in a child process (see input_spool.run_in_child): what they leave
+        # on the heap goes with it, so this process's memory does not grow with the input.
+        fingerprint = run_in_child(_fingerprint, source, selected, text_column, chunk_size)
+        settings = {"model": str(model), "layers": layers, "dtype": str(torch_dtype).removeprefix("torch."),
+                    "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
+                    "padding_side": padding_side, "input": origin, "limit": limit, "sample": sample,
+                    "seed": seed, "n_input_rows": len(selected), "input_sha1": fingerprint}
 
-    if writer.complete:
-        log.info("%s is already complete with these settings: nothing to do", out)
-    else:
-        # The input is tokenised once, in a child process, and spooled to disk longest first; the run
-        # then reads one chunk at a time: what stays in memory is one chunk, whatever the input's size.
-        spool = writer.parts_dir / "input"
-        try:
-            # Whole batches per chunk, so that the batches are the ones of one length-sorted pass.
-            rows_per_chunk = max(batch_size, chunk_size - chunk_size % batch_size)
-            plan = run_in_child(_tokenise_and_spool, model, padding_side, source=source, positions=selected,
-                                text_column=text_column, done_ids=writer.done_ids, max_length=max_length,
-                                read_rows=chunk_size, rows_per_chunk=rows_per_chunk, folder=spool,
-                                progress=progress, desc=name)
-            del source  # a file or dataset read here is freed; a caller's list or DataFrame stays the caller's
-            # With Arrow's system allocator this is glibc's malloc_trim: the heap that held the input goes
-            # back before the model loads on top of it, not kept for the whole run.
-            pa.default_memory_pool().release_unused()
-            if plan["empty"]:
-                log.warning("%s: skipping %d empty or whitespace-only texts", origin, plan["empty"])
-            if len(writer.done_ids):
-                log.warning("Resuming %s: %d prompts already done, %d to go", out, len(writer.done_ids),
-                            plan["todo"])
-            if plan["truncated"]:
-                log.warning("%d texts longer than %d tokens were truncated (flagged in the `truncated` column)",
-                            plan["truncated"], max_length)
-            if plan["no_tokens"]:
-                log.warning("skipping %d texts that tokenise to no tokens", plan["no_tokens"])
-            net = load_model(model, dtype=torch_dtype, device=device, device_map=device_map)
-            _run(net, plan["pad_id"], padding_side, plan["files"], plan["n_rows"], writer, layers,
-                 batch_size, with_id, save_hidden, progress, flush_every, desc=name)
-            metadata = {"model": str(model), "model_class": type(net).__name__, "n_layers_total": n_layers_total,
-                        "layers": layers, "feature_names": feature_names(layers), "dtype": settings["dtype"],
-                        "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
-                        "padding_side": padding_side, "source": origin, "n_input_rows": len(selected),
-                        "n_skipped_empty": plan["empty"], "n_skipped_no_tokens": plan["no_tokens"],
-                        "device": str(next(net.parameters()).device), "batch_size": batch_size,
-                        "torch": torch.__version__, "transformers": transformers.__version__,
-                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            writer.finish(metadata)  # removes OUT.parts/, the spooled input with it
-        finally:
-            shutil.rmtree(spool, ignore_errors=True)
-    if world > 1:
-        _merge_shards(final_out, out, world)
+        if world > 1:
+            selected = selected[rank::world]
+            settings["shard"] = f"{rank}/{world}"
+        writer = FeatureWriter(out, settings, overwrite=overwrite, replace_stale=replace_stale)
+
+        if writer.complete:
+            log.info("%s is already complete with these settings: nothing to do", out)
+        else:
+            # The input is tokenised once, in a child process, and spooled to disk longest first; the run
+            # then reads one chunk at a time: what stays in memory is one chunk, whatever the input's size.
+            spool = writer.parts_dir / "input"
+            try:
+                # Whole batches per chunk, so that the batches are the ones of one length-sorted pass.
+                rows_per_chunk = max(batch_size, chunk_size - chunk_size % batch_size)
+                plan = run_in_child(_tokenise_and_spool, model, padding_side, source=source, positions=selected,
+                                    text_column=text_column, done_ids=writer.done_ids, max_length=max_length,
+                                    read_rows=chunk_size, rows_per_chunk=rows_per_chunk, folder=spool,
+                                    progress=progress, desc=name)
+                del source  # a file or dataset read here is freed; a caller's list or DataFrame stays the caller's
+                # With Arrow's system allocator this is glibc's malloc_trim: the heap that held the input goes
+                # back before the model loads on top of it, not kept for the whole run.
+                pa.default_memory_pool().release_unused()
+                if not plan["n_rows"] and not len(writer.done_ids):
+                    if not writer.n_done:
+                        shutil.rmtree(writer.parts_dir, ignore_errors=True)  # nothing of this run to resume
+                    raise UserError(f"{origin} has no non-empty text to extract ({len(selected)} rows: {plan['empty']} "
+                                    f"empty or whitespace-only, {plan['no_tokens']} with no tokens); check the file "
+                                    f"and --text-column {text_column!r}")
+                if plan["empty"]:
+                    log.warning("%s: skipping %d empty or whitespace-only texts", origin, plan["empty"])
+                if len(writer.done_ids):
+                    log.warning("Resuming %s: %d prompts already done, %d to go", out, len(writer.done_ids),
+                                plan["todo"])
+                if plan["truncated"]:
+                    log.warning("%d texts longer than %d tokens were truncated (flagged in the `truncated` column)",
+                                plan["truncated"], max_length)
+                if plan["no_tokens"]:
+                    log.warning("skipping %d texts that tokenise to no tokens", plan["no_tokens"])
+                net = load_model(model, dtype=torch_dtype, device=device, device_map=device_map)
+                _run(net, plan["pad_id"], padding_side, plan["files"], plan["n_rows"], writer, layers,
+                     batch_size, with_id, save_hidden, progress, flush_every, desc=name)
+                metadata = {"model": str(model), "model_class": type(net).__name__, "n_layers_total": n_layers_total,
+                            "layers": layers, "feature_names": feature_names(layers), "dtype": settings["dtype"],
+                            "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
+                            "padding_side": padding_side, "source": origin, "n_input_rows": len(selected),
+                            "n_skipped_empty": plan["empty"], "n_skipped_no_tokens": plan["no_tokens"],
+                            "device": str(next(net.parameters()).device), "batch_size": batch_size,
+                            "torch": torch.__version__, "transformers": transformers.__version__,
+                            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                writer.finish(metadata)  # removes OUT.parts/, the spooled input with it
+            finally:
+                shutil.rmtree(spool, ignore_errors=True)
+        if world > 1:
+            _merge_shards(final_out, out, world)
     return final_out
 
 
@@ -400,10 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features-dir", default=str(FEATURES_DIR))
     p.add_argument("--model", default=MODEL, help="embedded name (smollm2-135m), hub id, folder or .gguf file")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--layers", default="all", help="'all', '0-2', '0,5,10' ... (early exit after the deepest)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--max-length", type=int, default=MAX_LENGTH, help="longer prompts are truncated and flagged")
-    p.add_argument("--dtype", default="auto", help="auto (= float32 on every device), float32, float16, bfloat16 "
+    p.add_argument("--layers", default="all", type=layer_spec, help="'all', 'last-8', '0-2', '0,5,10' ... (early exit after the deepest)")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
+    p.add_argument("--max-length", type=positive_int, default=MAX_LENGTH, help="longer prompts are truncated and flagged")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16", "float64"), help="auto (= float32 on every device), float32, float16, bfloat16 "
                    "(half precision is faster on a GPU but moves the distance statistics, see README)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--device-map", default=None, help="'auto' shards the model over all GPUs (accelerate)")
@@ -411,12 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-id", action="store_true", help="skip the attention intrinsic dimension")
     p.add_argument("--save-hidden", action="store_true",
                    help="also store the mean-pooled MLP input of the deepest layer (for the hidden-state probe)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N texts")
-    p.add_argument("--sample", type=int, default=None, help="a random subset of N texts (seeded by --seed)")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N texts")
+    p.add_argument("--sample", type=positive_int, default=None, help="a random subset of N texts (seeded by --seed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing or partial output")
-    p.add_argument("--flush-every", type=int, default=FLUSH_EVERY)
-    p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
+    p.add_argument("--flush-every", type=positive_int, default=FLUSH_EVERY)
+    p.add_argument("--chunk-size", type=positive_int, default=CHUNK_SIZE,
                    help="prompts read and tokenised at a time (memory is O(chunk), not O(input))")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -425,23 +458,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        path = extract_features(args.texts, dataset=args.dataset, out=args.out, model=args.model, layers=args.layers,
-                                batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype,
-                                device=args.device, device_map=args.device_map, with_id=not args.no_id,
-                                save_hidden=args.save_hidden, limit=args.limit, sample=args.sample,
-                                seed=args.seed, text_column=args.text_column,
-                                padding_side=args.padding_side, overwrite=args.overwrite,
-                                progress=not args.no_progress, flush_every=args.flush_every,
-                                features_dir=args.features_dir, chunk_size=args.chunk_size)
-    except (FileNotFoundError, KeyError, ValueError, RunMismatchError) as error:
-        log.error("%s", error.args[0] if error.args else error)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    path = extract_features(args.texts, dataset=args.dataset, out=args.out, model=args.model, layers=args.layers,
+                            batch_size=args.batch_size, max_length=args.max_length, dtype=args.dtype,
+                            device=args.device, device_map=args.device_map, with_id=not args.no_id,
+                            save_hidden=args.save_hidden, limit=args.limit, sample=args.sample,
+                            seed=args.seed, text_column=args.text_column,
+                            padding_side=args.padding_side, overwrite=args.overwrite,
+                            progress=not args.no_progress, flush_every=args.flush_every,
+                            features_dir=args.features_dir, chunk_size=args.chunk_size)
     print(path)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "extract_features.py"))

@@ -30,6 +30,8 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from cli import UserError  # noqa: E402
+
 # The paper's 7 statistics per layer, in its order (see shared/reference/PAPER.md).
 FEATURE_STATS = ("frac_mean", "frac_min", "frac_max", "frac_std", "dist_min", "dist_mean", "dist_std")
 METADATA_KEY = b"spline_geometry"
@@ -42,7 +44,7 @@ def feature_names(layers) -> list[str]:
     return [f"L{layer}.{stat}" for layer in layers for stat in FEATURE_STATS]
 
 
-class RunMismatchError(RuntimeError):
+class RunMismatchError(UserError):
     """An existing (partial) output was made with other settings than the ones asked for now."""
 
 
@@ -106,21 +108,38 @@ class FeatureWriter:
                     f"{self.parts_dir} holds an interrupted run with other settings ({_diff(old, self.settings)}). "
                     "Rerun with the same arguments to resume it, or pass --overwrite to start over.")
             parts = sorted(self.parts_dir.glob("part-*.parquet"))
-            done = [pq.read_table(part, columns=["row_id"]).column(0).to_numpy() for part in parts]
+            done = []
+            for part in parts:
+                try:
+                    done.append(pq.read_table(part, columns=["row_id"]).column(0).to_numpy())
+                except (pa.ArrowException, OSError) as error:
+                    # Our writes are atomic, so this was damaged on disk: its rows are simply extracted again.
+                    log.warning("%s is damaged (%s): its rows are extracted again", part,
+                                " ".join(str(error).split())[:120])
+                    part.unlink()
             self.done_ids = np.unique(np.concatenate(done).astype(np.int64)) if done else self.done_ids
             self.n_done = len(self.done_ids)
-            self._n_parts = len(parts)
+            # New parts are numbered after the highest one left, never over one (a removed part leaves a gap).
+            self._n_parts = max((int(p.stem.split("-")[1]) + 1 for p in parts), default=0)
         else:
             self.parts_dir.mkdir(parents=True)
             (self.parts_dir / "run.json").write_text(json.dumps(self.settings, indent=1))
 
     def _previous_settings(self) -> tuple[bool, dict | None]:
         """(whether a finished output or an interrupted run is there, the settings it was made with)."""
+        # An unreadable file (damaged on disk, or not ours) has no settings: it counts as another run's, so it
+        # is refused with the way out (--overwrite), never resumed or silently replaced.
         if self.out_path.exists():
-            return True, read_feature_metadata(self.out_path).get("settings")
+            try:
+                return True, read_feature_metadata(self.out_path).get("settings")
+            except (pa.ArrowException, OSError, ValueError):
+                return True, None
         if self.parts_dir.exists():
             run_file = self.parts_dir / "run.json"
-            return True, json.loads(run_file.read_text()) if run_file.exists() else None
+            try:
+                return True, json.loads(run_file.read_text()) if run_file.exists() else None
+            except (OSError, ValueError):
+                return True, None
         return False, None
 
     @property
@@ -171,7 +190,7 @@ def _stream_tables(paths: list[Path], out_path: Path, metadata: dict) -> None:
 
 def _diff(old, new) -> str:
     if not isinstance(old, dict):
-        return "no readable settings"
+        return "no readable settings: damaged, or not written by extract_features.py"
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "same"
 

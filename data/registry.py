@@ -25,7 +25,7 @@ from typing import Callable
 import pandas as pd
 
 from data import paper_sources as paper
-from data.cleaning import JIGSAW_LABELS, DataFormatError, clean_texts
+from data.cleaning import JIGSAW_LABELS, DataFormatError, DataMissingError, UnknownDatasetError, clean_texts
 from data.packaged import RECIPES
 from paths import cache_dir
 
@@ -64,7 +64,7 @@ def _load_prepared(name: str, prepare: bool | None = None) -> pd.DataFrame:
         if prepare is None:
             prepare = recipe.auto
         if not prepare:
-            raise FileNotFoundError(
+            raise DataMissingError(
                 f"dataset {name!r} is not prepared yet: run `python data/prepare.py {name}` once "
                 f"(it downloads its source package into {cache_dir('data')}; see data/README.md)")
         from data.prepare import prepare_dataset
@@ -164,7 +164,7 @@ def load_dataset(name: str, limit: int | None = None, seed: int = 0, prepare: bo
     if name not in DATASETS:
         close = difflib.get_close_matches(name, DATASETS, n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise KeyError(f"unknown dataset {name!r}{hint} (python -m data lists them)")
+        raise UnknownDatasetError(f"unknown dataset {name!r}{hint} (python -m data lists them)")
     spec = DATASETS[name]
     if spec.side == "mix":
         from data.mixing import make_toxic_mix

