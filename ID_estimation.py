@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from cli import (UserError, int_list, non_negative_int, output_lock, positive_int, probability,  # noqa: E402
+                 run_main)
 from toxicity_id_eval import DEFAULT_MODEL, default_results_dir  # noqa: E402
 from toxicity_id_eval.build_prompts import CATEGORIES, PROMPTS_DIR, prompts_path, write_prompt_files  # noqa: E402
 
@@ -85,7 +87,7 @@ def load_prompts(category: str, n_statements: int = N_STATEMENTS, prepend_words=
                  prompts_dir: Path | str = PROMPTS_DIR) -> pd.DataFrame:
     """The rows of a category's prompt file for the first ``n_statements`` statements and the given lengths."""
     if category not in CATEGORIES:
-        raise KeyError(f"unknown category {category!r}; choose from {', '.join(CATEGORIES)} or all")
+        raise UserError(f"unknown category {category!r}; choose from {', '.join(CATEGORIES)} or all")
     path = prompts_path(category, prompts_dir)
     if not path.exists():
         write_prompt_files([category], prompts_dir)
@@ -93,9 +95,10 @@ def load_prompts(category: str, n_statements: int = N_STATEMENTS, prepend_words=
     wanted = sorted(set(int(w) for w in prepend_words))
     missing = sorted(set(wanted) - set(frame["Prepend Words"].astype(int)))
     if missing:
-        raise ValueError(f"{path} has no prompts with {missing} prepended words (it has "
-                         f"{sorted(frame['Prepend Words'].unique())}); rebuild it with other lengths in "
-                         "toxicity_id_eval/build_prompts.py PREPEND_WORDS")
+        raise UserError(f"{path} has no prompts with {missing} prepended words (it has "
+                        f"{sorted(int(w) for w in frame['Prepend Words'].unique())}); choose --prepend-words among "
+                        "those, or rebuild the file with other lengths in toxicity_id_eval/build_prompts.py "
+                        "PREPEND_WORDS (then --force)")
     ids = sorted(frame["Statement ID"].unique())[:n_statements]
     if len(ids) < n_statements:
         log.warning("%s: the prompt file has %d statements (asked for %d)", category, len(ids), n_statements)
@@ -109,7 +112,7 @@ def format_prompts(tokenizer, prompts, chat_template: bool = True, instruction: 
     if not chat_template:
         return texts
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the tokenizer has no chat template: pass --no-chat-template (plain text prompts)")
+        raise UserError("the tokenizer has no chat template: pass --no-chat-template (plain text prompts)")
     return [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
             for t in texts]
 
@@ -170,7 +173,12 @@ def results_path(category: str, results_dir: Path | str = RESULTS_DIR) -> Path:
 def read_results(path: Path) -> pd.DataFrame:
     if not Path(path).exists():
         return pd.DataFrame(columns=COLUMNS)
-    frame = pd.read_csv(path, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        # Our writes are atomic (tmp then rename), so this file was damaged by something else: recomputed.
+        log.warning("%s is not a readable CSV (%s): its rows are recomputed", path, " ".join(str(error).split())[:100])
+        return pd.DataFrame(columns=COLUMNS)
     missing = set(COLUMNS) - set(frame.columns)
     if missing:
         log.warning("%s lacks columns %s: its rows are recomputed", path, sorted(missing))
@@ -273,18 +281,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: {QUICK['n_statements']} statements x {len(QUICK['prepend_words'])} lengths, "
                         f"{QUICK['max_new_tokens']} new tokens, results in toxicity_id_eval/results/quick")
-    p.add_argument("--n-statements", type=int, help=f"default {N_STATEMENTS}")
-    p.add_argument("--prepend-words", help=f"comma-separated lengths, default {','.join(map(str, PREPEND_WORDS))}")
-    p.add_argument("--max-new-tokens", type=int, help=f"default {MAX_NEW_TOKENS}")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--n-statements", type=positive_int, help=f"default {N_STATEMENTS}")
+    p.add_argument("--prepend-words", type=int_list,
+                   help=f"comma-separated lengths, default {','.join(map(str, PREPEND_WORDS))}")
+    p.add_argument("--max-new-tokens", type=positive_int, help=f"default {MAX_NEW_TOKENS}")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
     p.add_argument("--results-dir", help="default toxicity_id_eval/results[/<model>][/quick]")
     p.add_argument("--prompts-dir", default=str(PROMPTS_DIR))
     p.add_argument("--instruction", default=INSTRUCTION, help="user message template with {prompt}")
     p.add_argument("--no-chat-template", action="store_true", help="feed the plain prompt (base models)")
-    p.add_argument("--threshold", type=float, default=TOXIC_THRESHOLD)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=THREADS,
+    p.add_argument("--threshold", type=probability, default=TOXIC_THRESHOLD,
+                   help="alt-profanity-check probability from which an answer counts as toxic (default %(default)s)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16", "float64"))
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: cuda when available)")
+    p.add_argument("--threads", type=non_negative_int, default=THREADS,
                    help="torch CPU threads; 0 (default): torch's default. On cores shared with other busy "
                         "processes, 1 can run several times faster than oversubscribed threads")
     args = p.parse_args(argv)
@@ -294,8 +304,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, value in base.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if isinstance(args.prepend_words, str):
-        args.prepend_words = tuple(int(w) for w in args.prepend_words.split(",") if w.strip())
+    args.prepend_words = tuple(args.prepend_words)
     if "{prompt}" not in args.instruction:
         p.error("--instruction must contain {prompt}")
     args.categories = list(CATEGORIES) if args.category == "all" else [args.category]
@@ -306,7 +315,17 @@ def main(argv=None, model=None, tokenizer=None) -> dict[str, pd.DataFrame]:
     """Command-line entry point; tests may pass a ready ``model`` and ``tokenizer`` (then --model is its name)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if model is None:
+        from model_loading import check_device
+        check_device(args.device)  # refused by name before anything is built or loaded
     set_threads(args.threads)
+    # One writer per results folder for the whole run: a second run on it is refused at once, naming this pid.
+    Path(args.results_dir).mkdir(parents=True, exist_ok=True)  # the lock goes inside the folder
+    with output_lock(args.results_dir, what=f"the ID results in {args.results_dir}"):
+        return _run(args, model, tokenizer)
+
+
+def _run(args, model, tokenizer) -> dict[str, pd.DataFrame]:
     missing = [c for c in args.categories if not prompts_path(c, args.prompts_dir).exists()]
     if missing:  # one pass over the source corpora for all of them, not one per category
         write_prompt_files(missing, args.prompts_dir)
@@ -329,4 +348,4 @@ def main(argv=None, model=None, tokenizer=None) -> dict[str, pd.DataFrame]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(lambda argv: main(argv) and 0, "ID_estimation.py"))  # main returns the results (for tests)

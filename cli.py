@@ -146,7 +146,8 @@ def parse_layer_spec(spec, n_layers: int | None) -> list[int] | None:
 def output_lock(path, what: str | None = None):
     """Hold an exclusive lock on ``path`` (a file or folder of results) for the ``with`` block.
 
-    The lock is ``fcntl.flock`` on ``<path>.lock`` (beside a file, inside a folder): the kernel drops it
+    The lock is ``fcntl.flock`` on ``<path>.lock`` (beside a file, inside a folder: create a folder output
+    before locking it, or two runs would lock different files): the kernel drops it
     when the process dies, so a lock left by a killed run is taken over without asking. A second run on
     the same output is refused at once with a UserError naming the output and the other run's pid.
     """

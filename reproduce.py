@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from cli import UserError, positive_int, run_main
 from statistic_analysis import EARLY_EXIT_LAYERS, PRESETS
 
 ROOT = Path(__file__).resolve().parent
@@ -36,6 +37,7 @@ BATCH_SIZE = 16
 SEED = 0
 FEATURES_DIR = "features"
 QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick features never mix with full ones
+STEPS = ("data", "features", "id", "analysis")  # the names --skip understands
 
 
 def step(title: str):
@@ -56,15 +58,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small samples: a smoke run in under 5 minutes")
     p.add_argument("--model", default=MODEL)
-    p.add_argument("--sample", type=int, default=None, help=f"texts per dataset (default {SAMPLE})")
-    p.add_argument("--max-length", type=int, default=None, help=f"tokens (default {MAX_LENGTH})")
-    p.add_argument("--skip", default="", help="comma list of steps to skip: data,features,analysis,id")
+    p.add_argument("--sample", type=positive_int, default=None, help=f"texts per dataset (default {SAMPLE})")
+    p.add_argument("--max-length", type=positive_int, default=None, help=f"tokens (default {MAX_LENGTH})")
+    p.add_argument("--skip", default="", help="comma list of steps to skip: " + ",".join(STEPS))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sample = args.sample or (QUICK["SAMPLE"] if args.quick else SAMPLE)
     max_length = args.max_length or (QUICK["MAX_LENGTH"] if args.quick else MAX_LENGTH)
     features_dir = QUICK["FEATURES_DIR"] if args.quick else FEATURES_DIR
-    skip = set(filter(None, args.skip.split(",")))
+    skip = set(filter(None, (s.strip() for s in args.skip.split(","))))
+    if skip - set(STEPS):
+        raise UserError(f"--skip: unknown step(s) {sorted(skip - set(STEPS))}; the steps are {','.join(STEPS)}")
     quick = ["--quick"] if args.quick else []
     began = time.perf_counter()
     timings = {}
@@ -107,4 +111,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "reproduce.py"))

@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from cli import non_negative_int, positive_int, run_main  # noqa: E402
+
 # ----------------------------------------------------------------------------- settings
 PRESET = "embedded"            # "embedded" (SmolLM2 + packaged datasets) or "paper"
 FEATURES_ROOT = "features"     # extract_features.py writes features/<model>/<dataset>.parquet
@@ -116,11 +118,11 @@ def configure(argv=None) -> dict:
     p.add_argument("--out-dir", help="where tables/, figures/, results.json, RESULTS.md go (default repo root)")
     p.add_argument("--quick", action="store_true", help="small subsample, few folds and trees (for tests)")
     p.add_argument("--only", help="comma-separated experiments among " + ",".join(EXPERIMENTS))
-    p.add_argument("--folds", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--rf-trees", type=int)
-    p.add_argument("--n-jobs", type=int)
-    p.add_argument("--max-per-dataset", type=int)
+    p.add_argument("--folds", type=positive_int)
+    p.add_argument("--seed", type=non_negative_int)
+    p.add_argument("--rf-trees", type=positive_int)
+    p.add_argument("--n-jobs", type=int, help="workers (-1: every core, as scikit-learn counts)")
+    p.add_argument("--max-per-dataset", type=positive_int)
     p.add_argument("--no-timing", action="store_true",
                    help="do not time the classifiers (then two runs write byte-identical tables)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -132,7 +134,10 @@ def configure(argv=None) -> dict:
     for item in args.set:  # a preset named by --set must win before the preset is applied
         name, _, value = item.partition("=")
         if name.strip() == "PRESET":
-            cfg["PRESET"] = ast.literal_eval(value)
+            try:
+                cfg["PRESET"] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                cfg["PRESET"] = value.strip()  # a bare name, as for any other --set
     if cfg["PRESET"] not in PRESETS:
         p.error(f"unknown preset {cfg['PRESET']!r}: choose one of {sorted(PRESETS)}")
     cfg.update(PRESETS[cfg["PRESET"]])
@@ -183,18 +188,15 @@ def resolve_features_dir(cfg) -> Path:
 
 
 def main(argv=None) -> int:
-    from analysis.data import AnalysisInputError
+    """Unusable feature files raise AnalysisInputError, a cli.UserError: one line and exit status 2."""
     cfg = configure(argv)
-    try:
-        from analysis.experiments import run_all
-        return run_all(cfg, resolve_features_dir(cfg), _log)
-    except AnalysisInputError as err:
-        print(f"statistic_analysis.py: error: {err}", file=sys.stderr)
-        return 2
+    from analysis.experiments import run_all
+    return run_all(cfg, resolve_features_dir(cfg), _log)
 
 
 if __name__ == "__main__":
     start = time.perf_counter()
-    code = main()
-    _log(f"done in {time.perf_counter() - start:.1f} s")
+    code = run_main(main, "statistic_analysis.py")
+    if code != 2:
+        _log(f"done in {time.perf_counter() - start:.1f} s")
     sys.exit(code)

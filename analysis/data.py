@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cli import UserError
 from feature_io import feature_names, load_features, load_hidden, read_feature_metadata
 
 # Metadata that must agree between every feature file of one analysis.
@@ -21,7 +22,7 @@ CONSISTENCY_KEYS = ("model", "layers", "n_layers_total", "dtype", "max_length")
 ROW_FILTERS = {"toxic": 1, "clean": 0}
 
 
-class AnalysisInputError(Exception):
+class AnalysisInputError(UserError):
     """Input that the analysis cannot use (mixed runs, a single class, too few rows, ...)."""
 
 

@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from cli import non_negative_int, positive_int, run_main  # noqa: E402
 from extract_features import pad_batch  # noqa: E402
 
 # -- settings (each one is a command-line flag too) ----------------------------------------------
@@ -973,17 +974,18 @@ def update_readme(table: str, path: Path = README, gpu: bool = False) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=MODEL)
-    p.add_argument("--n-prompts", type=int, default=N_PROMPTS)
-    p.add_argument("--min-tokens", type=int, default=MIN_TOKENS)
-    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--repeats", type=int, default=REPEATS)
+    p.add_argument("--n-prompts", type=positive_int, default=N_PROMPTS)
+    p.add_argument("--min-tokens", type=positive_int, default=MIN_TOKENS)
+    p.add_argument("--max-tokens", type=positive_int, default=MAX_TOKENS)
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
+    p.add_argument("--repeats", type=positive_int, default=REPEATS)
     p.add_argument("--device", default=DEVICE)
-    p.add_argument("--dtype", default=DTYPE)
-    p.add_argument("--threads", type=int, default=THREADS, help="torch threads (0: torch's default)")
-    p.add_argument("--load-rows", type=int, default=LOAD_ROWS)
-    p.add_argument("--memory-runs", type=int, nargs=2, default=MEMORY_RUNS, metavar=("SMALL", "LARGE"))
-    p.add_argument("--memory-repeats", type=int, default=MEMORY_REPEATS, help="runs of each size (median reported)")
+    p.add_argument("--dtype", default=DTYPE, choices=("auto", "float32", "float16", "bfloat16", "float64"))
+    p.add_argument("--threads", type=non_negative_int, default=THREADS, help="torch threads (0: torch's default)")
+    p.add_argument("--load-rows", type=positive_int, default=LOAD_ROWS)
+    p.add_argument("--memory-runs", type=positive_int, nargs=2, default=MEMORY_RUNS, metavar=("SMALL", "LARGE"))
+    p.add_argument("--memory-repeats", type=positive_int, default=MEMORY_REPEATS,
+                   help="runs of each size (median reported)")
     p.add_argument("--skip-memory", action="store_true", help="skip the 1,000 vs 20,000-prompt memory runs")
     p.add_argument("--memory-only", action="store_true",
                    help="only the memory runs (they inherit the environment: LD_PRELOAD, MALLOC_*)")
@@ -998,7 +1000,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.min_tokens > args.max_tokens:
+        p.error(f"--min-tokens {args.min_tokens} is above --max-tokens {args.max_tokens}")
+    from model_loading import check_device
+    check_device(args.device)  # refused by name before any model loads
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.tiny:
         args.n_prompts, args.min_tokens, args.max_tokens = 8, 4, 24
@@ -1023,4 +1030,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "bench_extraction.py"))

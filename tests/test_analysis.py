@@ -13,6 +13,7 @@ for p in (ROOT, ROOT / "tests" / "fixtures" / "analysis"):
         sys.path.insert(0, str(p))
 
 import statistic_analysis  # noqa: E402
+from cli import run_main  # noqa: E402
 from analysis.models import binary_metrics, labeled_mask, oriented_auc, tpr_at_fpr  # noqa: E402
 from synth import make_suite, write_feature_file  # noqa: E402
 
@@ -20,7 +21,8 @@ FAST = ["--quick", "--no-timing", "--n-jobs", "1", "--set", "TSNE_MAX_POINTS=120
 
 
 def run(features, out, *extra):
-    code = statistic_analysis.main(["--features-dir", str(features), "--out-dir", str(out), *FAST, *extra])
+    code = run_main(statistic_analysis.main, "statistic_analysis.py",  # as the command line runs it
+                    ["--features-dir", str(features), "--out-dir", str(out), *FAST, *extra])
     results = json.loads((Path(out) / "results.json").read_text()) if (Path(out) / "results.json").exists() else None
     return code, results
 
@@ -210,7 +212,8 @@ def test_too_few_rows_for_the_folds(tmp_path):
 
 
 def test_missing_features_and_nan_rows(tmp_path, capsys):
-    code = statistic_analysis.main(["--features-dir", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "o")])
+    code = run_main(statistic_analysis.main, "statistic_analysis.py",
+                    ["--features-dir", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "o")])
     assert code == 2 and "does not exist" in capsys.readouterr().err
     make_suite(tmp_path / "f", n=20, n_layers=3, early_layers=0)
     X = np.random.default_rng(1).normal(size=(20, 3, 7)) + 5

@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make the repository's modules importable
     sys.path.insert(0, str(ROOT))
 
+from cli import UserError, run_main  # noqa: E402
+
 log = logging.getLogger("build_prompts")
 
 CATEGORIES = ("asian", "muslim", "trans", "woman")
@@ -65,7 +67,7 @@ def prompts_path(category: str, prompts_dir: Path | str = PROMPTS_DIR) -> Path:
 
 def keyword_pattern(category: str) -> re.Pattern:
     if category not in KEYWORDS:
-        raise KeyError(f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
+        raise UserError(f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
     return re.compile(r"\b(" + "|".join(map(re.escape, KEYWORDS[category])) + r")\b", re.IGNORECASE)
 
 
@@ -110,7 +112,8 @@ def unrelated_passages(clean: pd.DataFrame, n_passages: int, n_words: int, seed:
             words.extend(words_per_doc[j])
             j += 1
         if len(words) < n_words:
-            raise ValueError(f"the clean corpus has too few words for a {n_words}-word passage")
+            raise UserError(f"the clean corpus has too few words for a {n_words}-word passage: lower "
+                            "PREPEND_WORDS in toxicity_id_eval/build_prompts.py")
         passages.append(words[:n_words])
     return passages
 
@@ -120,7 +123,8 @@ def build_prompts(category: str, toxic: pd.DataFrame, clean: pd.DataFrame, n_sta
     """The prompt table of one category: every selected statement at every prepend length."""
     statements = select_statements(toxic, category, n_statements, seed)
     if statements.empty:
-        raise ValueError(f"no toxic statement mentions the {category} group ({KEYWORDS[category]})")
+        raise UserError(f"no toxic statement mentions the {category} group ({KEYWORDS[category]}): add keywords "
+                        "to KEYWORDS in toxicity_id_eval/build_prompts.py, or check the toxic corpora")
     lengths = sorted(set(int(w) for w in prepend_words))
     passages = unrelated_passages(clean, len(statements), max(lengths) if lengths[-1] > 0 else 1, seed)
     rows = []
@@ -157,7 +161,7 @@ def write_prompt_files(categories=CATEGORIES, prompts_dir: Path | str = PROMPTS_
     return paths
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--category", default="all", choices=("all",) + CATEGORIES)
     parser.add_argument("--prompts-dir", default=str(PROMPTS_DIR))
@@ -165,9 +169,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     categories = CATEGORIES if args.category == "all" else (args.category,)
+    if Path(args.prompts_dir).exists() and not Path(args.prompts_dir).is_dir():
+        raise UserError(f"--prompts-dir {args.prompts_dir} is a file; give a folder")
     for category, path in write_prompt_files(categories, args.prompts_dir, args.force).items():
         print(f"{category}: {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, "build_prompts.py"))

@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
 from toxicity_id_eval import DEFAULT_MODEL, RESULTS_DIR, default_results_dir  # noqa: E402
 from toxicity_id_eval.build_prompts import CATEGORIES  # noqa: E402
 from analysis.report import latex_escape  # noqa: E402
+from cli import UserError, run_main  # noqa: E402
 
 FIGURES_DIR = Path("figures")
 TABLES_DIR = Path("tables")
@@ -45,12 +46,25 @@ ALPHA = 0.05  # significance level of the verdicts
 
 def load_results(category: str, results_dir: Path | str = RESULTS_DIR) -> pd.DataFrame:
     path = Path(results_dir) / f"{category}.csv"
+    rerun = f"python ID_estimation.py --category {category}"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `python ID_estimation.py --category {category}` first")
-    frame = pd.read_csv(path, keep_default_na=False)
+        raise UserError(f"{path} not found: run `{rerun}` first (with the same --model and --quick)")
+    try:
+        frame = pd.read_csv(path, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        frame = None
+    needed = {"ID", "Label", "Refusal", "Context Length", "Prepend Words", "Statement ID", "Generated Tokens",
+              "Toxicity", "Model", "Max New Tokens", "Statement", "Response", "Category"}
+    if frame is None or not needed <= set(frame.columns):
+        raise UserError(f"{path} is not a results file of ID_estimation.py (unreadable, or columns missing): "
+                        f"delete it and run `{rerun}` again")
     if frame.empty:
-        raise ValueError(f"{path} has no rows")
-    frame["ID"] = frame["ID"].map(json.loads)
+        raise UserError(f"{path} has no rows: run `{rerun}` again")
+    try:
+        frame["ID"] = frame["ID"].map(json.loads)
+    except ValueError:
+        raise UserError(f"{path}: its ID column is not JSON lists (damaged): delete it and run `{rerun}` "
+                        "again") from None
     for column in ("Label", "Refusal", "Context Length", "Prepend Words", "Statement ID", "Generated Tokens"):
         frame[column] = frame[column].astype(int)
     frame["ID Mean"] = frame["ID"].map(np.mean)
@@ -269,4 +283,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(lambda argv: main(argv) and 0, "id_plotting.py"))  # main returns the summary (for tests)
