@@ -111,6 +111,10 @@ def resolve_model(name_or_path: str) -> tuple[str, dict]:
         if not path.is_file():
             raise UserError(f"GGUF file not found: {path}; pass an existing .gguf file, or an embedded name "
                             f"({', '.join(EMBEDDED_MODELS)})")
+        with open(path, "rb") as stream:
+            if stream.read(4) != b"GGUF":
+                raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes): pass a "
+                                ".gguf model file, a model folder or an embedded name")
         return str(path.parent), {"gguf_file": path.name}
     if path.is_dir():
         return str(path), {}
@@ -135,6 +139,9 @@ def _unknown_model(name: str, why: str) -> str:
 def _load(load, name: str, source: str, **kwargs):
     """``load(source, **kwargs)`` (a from_pretrained); a model that cannot be found becomes a UserError that
     says what was tried. Other failures (a broken file inside a found model, a bug) keep their traceback."""
+    if "gguf_file" not in kwargs and Path(source).is_dir() and not (Path(source) / "config.json").exists():
+        raise UserError(f"--model {name}: the folder holds no model transformers can load (no config.json); pass "
+                        "a folder written by save_pretrained (config.json + weights) or a .gguf file")
     try:
         return load(source, **kwargs)
     except OSError as error:

