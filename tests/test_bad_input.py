@@ -213,6 +213,20 @@ def test_bad_input_is_one_clear_line(command, argv, expected, fragment):
 
 
 # -- one writer per output ---------------------------------------------------------------------------
+def test_a_second_id_experiment_on_one_results_folder_is_refused(command, tmp_path):
+    """The ID experiment holds its results folder for the run: here this test holds it, as a running
+    experiment would (flock locks are per open file, so one process can stand for the other)."""
+    from cli import output_lock
+    results = tmp_path / "id"
+    results.mkdir()
+    with output_lock(results):
+        code, _, err = command(["ID_estimation.py", "--category", "asian", "--results-dir", str(results)])
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"ID_estimation.py: error: the ID results in {results} is being written "
+                                            f"by another run (pid {os.getpid()}); wait for it to finish, or write "
+                                            "somewhere else")
+
+
 def _many_texts(path: Path, n: int) -> None:
     rng = np.random.default_rng(3)
     path.write_text("".join(" ".join(f"w{i}" for i in rng.integers(4, 120, size=rng.integers(3, 30))) + "\n"
