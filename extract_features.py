@@ -274,12 +274,13 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
                 # With Arrow's system allocator this is glibc's malloc_trim: the heap that held the input goes
                 # back before the model loads on top of it, not kept for the whole run.
                 pa.default_memory_pool().release_unused()
-                if not plan["n_rows"] and not len(writer.done_ids):
-                    if not writer.n_done:
-                        shutil.rmtree(writer.parts_dir, ignore_errors=True)  # nothing of this run to resume
-                    raise UserError(f"{origin} has no non-empty text to extract ({len(selected)} rows: {plan['empty']} "
-                                    f"empty or whitespace-only, {plan['no_tokens']} with no tokens); check the file "
-                                    f"and --text-column {text_column!r}")
+                # Nothing to extract at all is the user's input, not a result (an empty file would hide it). Under
+                # `accelerate launch` a shard may well be empty: the other processes wait for its file.
+                if not plan["n_rows"] and not len(writer.done_ids) and world == 1:
+                    shutil.rmtree(writer.parts_dir, ignore_errors=True)  # nothing of this run to resume
+                    raise UserError(f"{origin} has no non-empty text to extract ({len(selected)} rows: "
+                                    f"{plan['empty']} empty or whitespace-only, {plan['no_tokens']} with no tokens); "
+                                    f"check the file and --text-column {text_column!r}")
                 if plan["empty"]:
                     log.warning("%s: skipping %d empty or whitespace-only texts", origin, plan["empty"])
                 if len(writer.done_ids):
@@ -433,10 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features-dir", default=str(FEATURES_DIR))
     p.add_argument("--model", default=MODEL, help="embedded name (smollm2-135m), hub id, folder or .gguf file")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--layers", default="all", type=layer_spec, help="'all', 'last-8', '0-2', '0,5,10' ... (early exit after the deepest)")
+    p.add_argument("--layers", default="all", type=layer_spec,
+                   help="'all', 'last-8', '0-2', '0,5,10' ... (early exit after the deepest)")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
-    p.add_argument("--max-length", type=positive_int, default=MAX_LENGTH, help="longer prompts are truncated and flagged")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16", "float64"), help="auto (= float32 on every device), float32, float16, bfloat16 "
+    p.add_argument("--max-length", type=positive_int, default=MAX_LENGTH,
+                   help="longer prompts are truncated and flagged")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16", "float64"),
+                   help="auto (= float32 on every device), float32, float16, bfloat16 "
                    "(half precision is faster on a GPU but moves the distance statistics, see README)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--device-map", default=None, help="'auto' shards the model over all GPUs (accelerate)")
