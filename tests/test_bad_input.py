@@ -233,33 +233,34 @@ def _many_texts(path: Path, n: int) -> None:
                             for _ in range(n)))
 
 
-def test_two_runs_on_one_output_one_writes_the_other_is_refused(tmp_path, tiny_llama_dir):
+def test_two_runs_on_one_output_one_writes_the_other_is_refused(command, tmp_path, tiny_llama_dir):
     """Two real processes on one --out: every row is written exactly once, by one run; the other is refused at
     once, naming the output and the first run's pid. The first run is paused (SIGSTOP) while the second starts,
     so that the two surely overlap however fast the tiny model is."""
     n = 160
     _many_texts(tmp_path / "in.txt", n)
     out = tmp_path / "same.parquet"
-    argv = [sys.executable, EF, "--texts", str(tmp_path / "in.txt"), "--model", str(tiny_llama_dir), "--out", str(out),
+    argv = [EF, "--texts", str(tmp_path / "in.txt"), "--model", str(tiny_llama_dir), "--out", str(out),
             "--no-progress", "--batch-size", "4", "--flush-every", "8"]
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    first = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     parts = out.with_name(out.name + ".parts")
     try:
         _wait_for_parts(first, parts, 1)
         first.send_signal(signal.SIGSTOP)  # mid-run, holding the output
         began = time.monotonic()
-        second = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        code, _, err = command(argv)  # the second process
         refused_in = time.monotonic() - began
     finally:
         first.send_signal(signal.SIGCONT)
     first_out, first_err = first.communicate(timeout=300)
     assert first.returncode == 0, first_err
-    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
-    assert second.stderr.strip().splitlines()[-1] == (
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
         f"extract_features.py: error: {out} is being written by another run (pid {first.pid}); wait for it to "
         "finish, or write somewhere else")
-    assert refused_in < 60  # at once: it neither tokenises nor loads the model (its imports take most of it)
+    assert refused_in < 20  # at once: it neither tokenises nor loads the model
     from feature_io import load_features
     _, _, meta = load_features(out)
     assert meta["row_id"].tolist() == list(range(n))  # every row exactly once
@@ -273,28 +274,27 @@ def _wait_for_parts(process, parts: Path, count: int, timeout: float = 120) -> N
         time.sleep(0.01)
 
 
-def test_kill_9_then_rerun_resumes_exactly(tmp_path, tiny_llama_dir):
+def test_kill_9_then_rerun_resumes_exactly(command, tmp_path, tiny_llama_dir):
     """SIGKILL in the middle of a run (no handler runs, the lock goes with the process); the rerun takes the
     output over without asking and gives, row for row, the file an uninterrupted run gives."""
     from feature_io import load_features
     n = 160
     _many_texts(tmp_path / "in.txt", n)
-    base = [sys.executable, EF, "--texts", str(tmp_path / "in.txt"), "--model", str(tiny_llama_dir),
+    base = [EF, "--texts", str(tmp_path / "in.txt"), "--model", str(tiny_llama_dir),
             "--no-progress", "--batch-size", "4", "--flush-every", "8", "--chunk-size", "64"]
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    subprocess.run([*base, "--out", str(tmp_path / "ref.parquet")], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=300)
+    assert command([*base, "--out", str(tmp_path / "ref.parquet")])[0] == 0  # an uninterrupted run
     out = tmp_path / "killed.parquet"
-    victim = subprocess.Popen([*base, "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    victim = subprocess.Popen([sys.executable, *base, "--out", str(out)], cwd=ROOT,
+                              env={**os.environ, "TQDM_DISABLE": "1"}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     parts = out.with_name(out.name + ".parts")
     _wait_for_parts(victim, parts, 3)  # some parts written, most of the run still to go
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert not out.exists() and parts.exists()
-    again = subprocess.run([*base, "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
-    assert "Resuming" in again.stderr and "prompts already done" in again.stderr
+    code, _, err = command([*base, "--out", str(out)])  # the rerun, as the user types it again
+    assert code == 0, err
+    assert "Resuming" in err and "prompts already done" in err
     ref, resumed = load_features(tmp_path / "ref.parquet"), load_features(out)
     assert resumed[2]["row_id"].tolist() == list(range(n))
     np.testing.assert_array_equal(resumed[0], ref[0])
