@@ -307,6 +307,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.prepend_words = tuple(args.prepend_words)
     if "{prompt}" not in args.instruction:
         p.error("--instruction must contain {prompt}")
+    try:
+        args.instruction.format(prompt="")
+    except (KeyError, IndexError, ValueError):
+        p.error(f"--instruction {args.instruction!r}: the only field it may hold is {{prompt}}; write other braces "
+                "twice ({{ and }})")
     args.categories = list(CATEGORIES) if args.category == "all" else [args.category]
     return args
 

@@ -153,8 +153,12 @@ def output_lock(path, what: str | None = None):
     """
     path = Path(path)
     lock_file = path / ".lock" if path.is_dir() else path.with_name(path.name + ".lock")
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_file, "a+")
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_file, "a+")
+    except OSError as error:
+        raise UserError(f"cannot write {lock_file} ({error.strerror}): choose an output in a folder you can "
+                        "write") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -37,7 +37,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from cli import UserError, layer_spec, output_lock, parse_layer_spec, positive_int, run_main  # noqa: E402
+from cli import (UserError, layer_spec, non_negative_int, output_lock, parse_layer_spec, positive_int,  # noqa: E402
+                 run_main)
 from feature_io import FeatureWriter, feature_names, merge_feature_files  # noqa: E402
 from input_spool import (TOKENS, chunks, input_texts, read_chunk, run_in_child, set_column,  # noqa: E402
                          spool_input)
@@ -443,14 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (= float32 on every device), float32, float16, bfloat16 "
                    "(half precision is faster on a GPU but moves the distance statistics, see README)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--device-map", default=None, help="'auto' shards the model over all GPUs (accelerate)")
+    p.add_argument("--device-map", default=None, choices=("auto", "balanced", "balanced_low_0", "sequential"),
+                   help="'auto' shards the model over all GPUs (accelerate)")
     p.add_argument("--padding-side", default=PADDING_SIDE, choices=["left", "right"])
     p.add_argument("--no-id", action="store_true", help="skip the attention intrinsic dimension")
     p.add_argument("--save-hidden", action="store_true",
                    help="also store the mean-pooled MLP input of the deepest layer (for the hidden-state probe)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N texts")
     p.add_argument("--sample", type=positive_int, default=None, help="a random subset of N texts (seeded by --seed)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing or partial output")
     p.add_argument("--flush-every", type=positive_int, default=FLUSH_EVERY)
     p.add_argument("--chunk-size", type=positive_int, default=CHUNK_SIZE,

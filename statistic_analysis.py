@@ -153,9 +153,13 @@ def configure(argv=None) -> dict:
         if not sep or name not in cfg:
             p.error(f"--set {item!r}: expected NAME=VALUE with NAME among {', '.join(sorted(cfg))}")
         try:
-            cfg[name] = ast.literal_eval(value)
+            new = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            cfg[name] = value  # a bare string
+            new = value  # a bare string
+        old = cfg[name]
+        if old is not None and new is not None and not _same_kind(old, new):
+            p.error(f"--set {item!r}: {name} takes {type(old).__name__} values such as {old!r}")
+        cfg[name] = new
     cfg["QUICK_MODE"] = args.quick
     cfg["TIMING"] = not args.no_timing
     cfg["ONLY"] = [e.strip() for e in args.only.split(",")] if args.only else list(EXPERIMENTS)
@@ -168,6 +172,16 @@ def configure(argv=None) -> dict:
         if int(cfg[name]) < 2:
             p.error(f"{name} must be at least 2 (got {cfg[name]})")
     return cfg
+
+
+def _same_kind(old, new) -> bool:
+    """Whether ``new`` can stand where the constant's value ``old`` stood (numbers for numbers, lists for lists)."""
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    for kind in ((int, float), (list, tuple), (str,), (dict,)):
+        if isinstance(old, kind):
+            return isinstance(new, kind)
+    return True
 
 
 def resolve_features_dir(cfg) -> Path:

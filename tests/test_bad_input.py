@@ -5,7 +5,8 @@ writes, the other is refused at once), ``kill -9`` then rerun (resumes exactly),
 CASES is the one table: a row per case, ``(argv, expected exit status, fragment of the message)``. To add a
 command's cases (a new script), append rows. In argv, ``{tiny}`` is a tiny random Llama folder, ``{tmp}`` a
 scratch folder holding the input files made by ``inputs`` below (``{tmp}/in.txt`` and so on), ``{cache}`` a
-private $SPLINE_CACHE. A row that expects 0 checks a warning instead (the fragment is looked for in stderr).
+private $SPLINE_CACHE (braces meant literally are doubled, as in str.format). A row that expects 0 checks a
+warning instead (the fragment is looked for in stderr).
 
 Each case runs as ``python SCRIPT ARGS`` would, as its own process: by default a process forked from a
 runner that imported torch and transformers once (runpy runs the script's ``__main__`` block with the
@@ -60,6 +61,11 @@ CASES = [
     ([EF, *TEXTS, "--batch-size", "0", *OUT], 2, "argument --batch-size: '0' is not a positive integer"),
     ([EF, *TEXTS, "--max-length", "-5", *OUT], 2, "argument --max-length: '-5' is not a positive integer"),
     ([EF, *TEXTS, "--dtype", "float8", *OUT], 2, "argument --dtype: invalid choice: 'float8'"),
+    ([EF, *TEXTS, "--device-map", "foo", *OUT], 2, "argument --device-map: invalid choice: 'foo'"),
+    ([EF, *TEXTS, "--sample", "1", "--seed", "-1", *OUT], 2, "argument --seed: '-1' is not a non-negative integer"),
+    ([EF, *TEXTS, "--out", "/proc/no_such/out.parquet"], 2, "cannot create the folder of /proc/no_such/out.parquet"),
+    ([EF, *TEXTS, "--out", "/proc/out.parquet"], 2, "cannot write /proc/out.parquet.lock"),
+    ([EF, "--dataset", "jigsaw", "--model", "{tiny}", *OUT], 2, "jigsaw needs the Kaggle"),
     ([EF, "--texts", "{tmp}/missing.txt", "--model", "{tiny}", *OUT], 2, "input file not found: {tmp}/missing.txt"),
     ([EF, "--texts", "{tmp}/a_folder", "--model", "{tiny}", *OUT], 2, "--texts {tmp}/a_folder is a directory"),
     ([EF, "--texts", "{tmp}/in.docx", "--model", "{tiny}", *OUT], 2, "unsupported input {tmp}/in.docx"),
@@ -79,6 +85,8 @@ CASES = [
     (["ID_estimation.py", "--n-statements", "0"], 2, "argument --n-statements: '0' is not a positive integer"),
     (["ID_estimation.py", "--threshold", "2"], 2, "argument --threshold: '2' is not a probability in [0, 1]"),
     (["ID_estimation.py", "--category", "martian"], 2, "argument --category: invalid choice: 'martian'"),
+    (["ID_estimation.py", "--instruction", "Say: {{x}} {{prompt}}"], 2, "the only field it may hold is {{prompt}}"),
+    (["ID_estimation.py", "--instruction", "no field"], 2, "--instruction must contain {{prompt}}"),
     pytest.param(["ID_estimation.py", "--device", "cuda:3", "--results-dir", "{tmp}/id"], 2,
                  "--device cuda:3: CUDA is not available", marks=NO_CUDA),
     (["toxicity_id_eval/id_plotting.py", "--category", "asian", "--results-dir", "{tmp}/a_folder"], 2,
@@ -92,6 +100,8 @@ CASES = [
      "Feature folder {tmp}/nothing does not exist"),
     (["statistic_analysis.py", "--folds", "0"], 2, "argument --folds: '0' is not a positive integer"),
     (["statistic_analysis.py", "--only", "everything"], 2, "--only: unknown experiment(s) ['everything']"),
+    (["statistic_analysis.py", "--set", "FOLDS=abc"], 2, "--set 'FOLDS=abc': FOLDS takes int values such as 5"),
+    (["statistic_analysis.py", "--set", "NOPE=1"], 2, "--set 'NOPE=1': expected NAME=VALUE with NAME among"),
     (["reproduce.py", "--skip", "feature"], 2, "--skip: unknown step(s) ['feature']; the steps are data,features"),
     (["reproduce.py", "--sample", "-3"], 2, "argument --sample: '-3' is not a positive integer"),
     (["data/prepare.py", "nosuch"], 2, "not embedded datasets: ['nosuch']"),
@@ -172,6 +182,7 @@ def command(tmp_path_factory, tiny_llama_dir):
     # cache; no progress bars.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SPLINE_CACHE": values["cache"], "TQDM_DISABLE": "1",
            "PYTHONPATH": str(ROOT)}
+    env.pop("JIGSAW_DIR", None)
     plain = os.environ.get("BAD_INPUT_PLAIN", "") not in ("", "0")
     runner = None if plain else subprocess.Popen([sys.executable, "-c", RUNNER], cwd=ROOT, env=env, text=True,
                                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
