@@ -323,6 +323,9 @@ def main(argv=None, model=None, tokenizer=None) -> dict[str, pd.DataFrame]:
     if model is None:
         from model_loading import check_device
         check_device(args.device)  # refused by name before anything is built or loaded
+    for flag, folder in (("--results-dir", args.results_dir), ("--prompts-dir", args.prompts_dir)):
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise UserError(f"{flag} {folder} is a file; give a folder")
     set_threads(args.threads)
     # One writer per results folder for the whole run: a second run on it is refused at once, naming this pid.
     Path(args.results_dir).mkdir(parents=True, exist_ok=True)  # the lock goes inside the folder

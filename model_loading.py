@@ -123,7 +123,7 @@ def resolve_model(name_or_path: str) -> tuple[str, dict]:
                         f"id or an embedded name ({', '.join(EMBEDDED_MODELS)})")
     from huggingface_hub.utils import HFValidationError, validate_repo_id
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise UserError(_unknown_model(name, f"there is no folder or file {path}"))
+        raise UserError(_unknown_model(name, f"there is no folder or file {name}"))
     try:
         validate_repo_id(name)
     except HFValidationError:

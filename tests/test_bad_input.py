@@ -49,7 +49,7 @@ CASES = [
     ([EF, "--texts", "{tmp}/blank.txt", "--model", "{tiny}", *OUT], 2,
      "{tmp}/blank.txt has no non-empty text to extract (3 rows: 3 empty"),
     # -- extract_features.py: more of the same kinds ---------------------------------------------------
-    ([EF, "--texts", "{tmp}/in.txt", "--model", "./no/such/model", *OUT], 2, "there is no folder or file no/such/model"),
+    ([EF, "--texts", "{tmp}/in.txt", "--model", "./no/such/model", *OUT], 2, "there is no folder or file ./no/such/model"),
     ([EF, "--texts", "{tmp}/in.txt", "--model", "{tmp}/fake.gguf", *OUT], 2, "fake.gguf is not a GGUF file"),
     ([EF, "--texts", "{tmp}/in.txt", "--model", "{tmp}/a_folder", *OUT], 2,
      "the folder holds no model transformers can load"),
@@ -87,6 +87,9 @@ CASES = [
     (["ID_estimation.py", "--category", "martian"], 2, "argument --category: invalid choice: 'martian'"),
     (["ID_estimation.py", "--instruction", "Say: {{x}} {{prompt}}"], 2, "the only field it may hold is {{prompt}}"),
     (["ID_estimation.py", "--instruction", "no field"], 2, "--instruction must contain {{prompt}}"),
+    (["ID_estimation.py", "--results-dir", "{tmp}/in.txt"], 2, "--results-dir {tmp}/in.txt is a file"),
+    (["ID_estimation.py", "--prompts-dir", "{tmp}/in.txt", "--results-dir", "{tmp}/id"], 2,
+     "--prompts-dir {tmp}/in.txt is a file"),
     pytest.param(["ID_estimation.py", "--device", "cuda:3", "--results-dir", "{tmp}/id"], 2,
                  "--device cuda:3: CUDA is not available", marks=NO_CUDA),
     (["toxicity_id_eval/id_plotting.py", "--category", "asian", "--results-dir", "{tmp}/a_folder"], 2,
