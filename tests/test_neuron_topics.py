@@ -197,24 +197,25 @@ def test_word_with_unknown_pieces_is_left_out_and_no_overlap_is_an_error():
 def test_subword_rule_on_smollm2_tokenizer_keeps_whole_words_only():
     from model_loading import load_tokenizer
     tok = load_tokenizer("smollm2-135m")
-    words = ["cat", "dog", "understanding", "photosynthesis", "ing", "the", "ology"]
+    words = ["cat", "dog", "understanding", "immunohistochemistry", "bioluminescence", "ing", "ology", "the"]
     vocab_size = len(tok)
     wp = nt.word_pieces(tok, words, vocab_size)
 
     def ids(text):
         return tok(text, add_special_tokens=False)["input_ids"]
-    long_word = ids(" photosynthesis")
-    assert len(long_word) > 1                                   # a real multi-piece word
-    top = set(ids(" cat") + ids(" dog") + long_word + ids("ing") + ids("ology") + ids("understanding"))
-    # "ing" / "ology" / "understanding" as word-internal pieces (no word-start marker) are in the top set,
-    # but " ing", " ology" and " understanding" are not: those words must stay out.
+    long_word, partial = ids(" immunohistochemistry"), ids(" bioluminescence")
+    assert len(long_word) == 3 and len(partial) == 3              # real multi-piece words
+    top = set(ids(" cat") + ids(" dog") + long_word + partial[1:] + ids("ing") + ids("ology") + ids("understanding"))
+    # Word-internal pieces (no word-start marker: "ing", "ology", "understanding") and the tail of
+    # " bioluminescence" are in the top set, but " ing", " ology", " understanding", " bi" are not: those
+    # words must stay out.
     assert not set(ids(" ing")) <= top and not set(ids(" understanding")) <= top
     logits = torch.full((1, vocab_size), -10.0)
     logits[0, sorted(top)] = 10.0
     ranks = nt.word_ranks(logits, wp)
     members, cut = nt.pools_from_ranks(ranks, tau=len(top), shrink=1)[0]
     pool = {words[i] for i in members}
-    assert pool == {"cat", "dog", "photosynthesis"}
+    assert pool == {"cat", "dog", "immunohistochemistry"}
     for w in pool:
         assert set(ids(" " + w)) <= top or set(ids(" " + w.capitalize())) <= top
 
