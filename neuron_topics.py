@@ -68,9 +68,12 @@ WINDOW = 10               # words per sliding window (the paper's)
 MIN_FREQ = 20             # rarer words are left out (the paper: 100 on all of Wikipedia; our corpus is far smaller)
 MIN_LETTERS = 3           # shorter "words" are mostly fragments of abbreviations here ('th', 'inc', single letters)
 MAX_VOCAB = 40_000        # the paper's vocabulary size
-SUPERPOSED_NPMI = 0.1     # a topic counts for superposition when its mean NPMI is at least this
-LINK_PROMPTS = 150        # toxic and as many clean prompts for the link to the spline features
-LINK_MAX_LENGTH = 64      # tokens per prompt there
+# Superposition: >= 2 disjoint topics in a pool, counted twice: any topic, and topics of mean NPMI >= this. The
+# seed's topics score 0.10-0.33 on Wikipedia; on our ~2M words a pair of rarer words often never shares a window
+# (NPMI -1), which pulls a topic's mean far down (median about -0.4 measured), so 0 is the bar here.
+SUPERPOSED_NPMI = 0.0
+LINK_PROMPTS = 100        # toxic and as many clean prompts for the link to the spline features
+LINK_MAX_LENGTH = 32      # tokens per prompt there (the forward pass up to the deepest layer is the cost)
 LINK_TOP = 4              # top units per layer (and as many random units) whose topics are shown
 BATCH_SIZE = 64           # neurons pushed through the model at once
 SEED = 0
@@ -607,12 +610,14 @@ def summarize(frame: pd.DataFrame, threshold: float) -> dict:
     scores = [s for row in frame["scores"] for s in row]
     pos = frame[frame["polarity"] == "pos"]
     superposed = pos["scores"].map(lambda s: sum(x >= threshold for x in s) >= 2)
+    several = pos["scores"].map(lambda s: len(s) >= 2)
     status = Counter(s for row in frame["status"] for s in row)
     return {"pools": len(frame), "neurons": int(frame[["layer", "neuron"]].drop_duplicates().shape[0]),
             "mean_pool_size": float(frame["pool_size"].mean()) if len(frame) else float("nan"),
             "topics_per_pool": float(frame["topics"].mean()) if len(frame) else float("nan"),
             "mean_topic_npmi": float(np.mean(scores)) if scores else float("nan"), "n_topics": len(scores),
             "superposed_share": float(superposed.mean()) if len(pos) else float("nan"),
+            "several_topics_share": float(several.mean()) if len(pos) else float("nan"),
             "solver_status": dict(status)}
 
 
@@ -621,19 +626,21 @@ def superposition_figure(results: dict, layers, threshold, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     conditions = list(results)
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     width = 0.8 / max(len(conditions), 1)
-    for k, cond in enumerate(conditions):
-        frame = results[cond]
-        shares = []
-        for layer in layers:
-            pos = frame[(frame["layer"] == layer) & (frame["polarity"] == "pos")]
-            shares.append(pos["scores"].map(lambda s: sum(x >= threshold for x in s) >= 2).mean() if len(pos) else 0)
-        ax.bar(np.arange(len(layers)) + k * width, shares, width, label=cond)
-    ax.set_xticks(np.arange(len(layers)) + width * (len(conditions) - 1) / 2, [str(l) for l in layers])
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"share with >= 2 topics of NPMI >= {threshold}")
-    ax.legend(fontsize=7)
+    for ax, bar, title in ((axes[0], -np.inf, ">= 2 topics"), (axes[1], threshold, f">= 2 topics of NPMI >= {threshold}")):
+        for k, cond in enumerate(conditions):
+            frame = results[cond]
+            shares = []
+            for layer in layers:
+                pos = frame[(frame["layer"] == layer) & (frame["polarity"] == "pos")]
+                shares.append(pos["scores"].map(lambda s: sum(x >= bar for x in s) >= 2).mean() if len(pos) else 0)
+            ax.bar(np.arange(len(layers)) + k * width, shares, width, label=cond)
+        ax.set_xticks(np.arange(len(layers)) + width * (len(conditions) - 1) / 2, [str(l) for l in layers])
+        ax.set_xlabel("layer")
+        ax.set_title(title, fontsize=9)
+    axes[0].set_ylabel("share of neurons (positive pool)")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -804,6 +811,8 @@ def main(argv=None) -> int:
 
 def run_link(model, tokenizer, wp, graph, slug, mode, layers, n_prompts, top, settings) -> dict:
     texts, labels = link_prompts(n_prompts)
+    order = np.argsort([len(t) for t in texts], kind="stable")   # similar lengths share a batch: less padding
+    texts, labels = [texts[i] for i in order], labels[order]
     freq = gate_frequencies(model, tokenizer, texts, layers)
     rows, frames = [], {"top": [], "random": []}
     rng = np.random.default_rng(SEED)
@@ -841,7 +850,7 @@ def report(out_dir, slug, modes, layers, results, link, meta, settings, neurons,
             summary[f"{cond}/{mode}"] = s
             rows.append([mode, cond, str(s["neurons"]), str(s["pools"]), num(s["mean_pool_size"], "{:.0f}"),
                          num(s["topics_per_pool"], "{:.2f}"), num(s["mean_topic_npmi"], "{:.3f}"), str(s["n_topics"]),
-                         pct(s["superposed_share"], digits=0),
+                         pct(s["several_topics_share"], digits=0), pct(s["superposed_share"], digits=0),
                          ", ".join(f"{k} {v}" for k, v in sorted(s["solver_status"].items())) or "-"])
     notes = [f"Model {slug}; layers {layers}; neurons per layer: {neurons} (seeded); pools of at most {settings['tau']} "
              f"words (both polarities); star heuristic theta={settings['theta']}, kappa={settings['kappa']}; exact "
@@ -850,10 +859,12 @@ def report(out_dir, slug, modes, layers, results, link, meta, settings, neurons,
              f"{len(meta['vocab']):,} words (at least {meta['min_freq']} occurrences).",
              "Controls, on the first mode only: random token pools cut like the real neuron's; the model with each "
              "down-projection column's entries permuted.",
-             f"Superposed: share of neurons whose positive pool holds >= 2 (disjoint) topics of mean NPMI >= {thr}."]
+             f"Superposition: share of neurons whose positive pool holds >= 2 (disjoint) topics, of any score and of "
+             f"mean NPMI >= {thr}. NPMI is -1 for a pair that never shares a window: on a corpus of ~2M words that "
+             "pulls topic means far below the seed's Wikipedia values (0.10-0.33 in its notebook)."]
     table = Table("neuron_topics", "Neuron topics: real neurons against controls", 
                   ["mode", "condition", "neurons", "pools", "pool size", "topics / pool", "topic NPMI",
-                   "topics", "superposed %", "solver status"], rows, notes)
+                   "topics", ">= 2 topics %", f">= 2 NPMI>={thr} %", "solver status"], rows, notes)
     table.write(out_dir)
     fig_path = out_dir / "figures" / "neuron_topics_superposition.png"
     first = {k: v[v["mode"] == modes[0]] for k, v in results.items()}
