@@ -20,7 +20,7 @@ Pipeline, one step per function below:
   5. the exact TOPIC_SIZE-word selection in each group, a mixed-integer program solved by SCIP
      (pyscipopt), time-limited, its status recorded.
 Outputs per {model}/{mode}/{layer}_{id}_{polarity}: _pool.csv, _isets.csv (the star groups), _topics.csv,
-under $SPLINE_CACHE/topics/. Evaluation against controls (random token pools of the same cut; the model
+under $SPLINE_CACHE/topics/runs-<settings hash>/. Evaluation against controls (random token pools of the same cut; the model
 with every down-projection column's entries shuffled), superposition per layer (figure), and the link to
 the spline features: gate units ranked by how differently often they fire on toxic and clean prompts.
 """
@@ -389,11 +389,12 @@ def load_cooccurrence(names=CORPUS, window: int = WINDOW, min_freq: int = MIN_FR
             np.savez_compressed(partial, single=graph.single, data=graph.pairs.data, indices=graph.pairs.indices,
                                 indptr=graph.pairs.indptr, n_windows=graph.n_windows, n_tokens=graph.n_tokens)
             os.replace(partial, npz)
-            meta = {"vocab": graph.vocab, "sources": stats, "window": window, "min_freq": min_freq,
+            meta = {"vocab": graph.vocab, "sources": stats, "window": window, "min_freq": min_freq, "key": key,
                     "build_s": round(time.perf_counter() - t0, 1)}
             meta_path.with_suffix(".partial").write_text(json.dumps(meta))
             os.replace(meta_path.with_suffix(".partial"), meta_path)
         meta = json.loads(meta_path.read_text())
+        meta["key"] = key
         z = np.load(npz, allow_pickle=False)
     V = len(meta["vocab"])
     pairs = sparse.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=(V, V))
@@ -493,8 +494,23 @@ def pool_topics(npmi: np.ndarray, theta=THETA, kappa=KAPPA, size: int = TOPIC_SI
 
 
 # == the run: neurons -> pools -> topics, cached per {model}/{mode}/{layer}_{id}_{polarity} =========
-def out_stem(model_name: str, mode: str, layer: int, neuron: int, polarity: str) -> Path:
-    return cache_dir("topics", model_name, mode) / f"{layer}_{neuron}_{polarity}"
+def settings_root(settings: dict, corpus_key: str) -> Path:
+    """$SPLINE_CACHE/topics/runs-<hash of every setting a topic depends on>/: changed settings never reuse
+    stale topics; settings.json inside says which they were."""
+    import hashlib
+    keyed = {"tau": settings["tau"], "shrink": SHRINK, "theta": list(settings["theta"]), "kappa": list(settings["kappa"]),
+             "time_limit": settings["time_limit"], "topic_size": TOPIC_SIZE, "corpus": corpus_key}
+    text = json.dumps(keyed, sort_keys=True)
+    root = cache_dir("topics", "runs-" + hashlib.sha1(text.encode()).hexdigest()[:10])
+    if not (root / "settings.json").exists():
+        (root / "settings.json").write_text(text + "\n")
+    return root
+
+
+def out_stem(root: Path, model_name: str, mode: str, layer: int, neuron: int, polarity: str) -> Path:
+    folder = Path(root) / model_name / mode
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{layer}_{neuron}_{polarity}"
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -521,7 +537,8 @@ def run_neurons(model, wp: WordPieces, graph: Cooccurrence, model_name: str, mod
     logits are replaced by a seeded random order of the tokens, cut at the real neuron's cut (the control)."""
     if random_pools:
         model_name += "+random-pools"
-    todo = [n for n in ids if not all(Path(f"{out_stem(model_name, mode, layer, n, pol)}_topics.csv").exists()
+    root = settings["root"]
+    todo = [n for n in ids if not all(Path(f"{out_stem(root, model_name, mode, layer, n, pol)}_topics.csv").exists()
                                       for pol in POLARITIES)]
     for lo in range(0, len(todo), settings["batch_size"]):
         chunk = todo[lo:lo + settings["batch_size"]]
@@ -536,9 +553,9 @@ def run_neurons(model, wp: WordPieces, graph: Cooccurrence, model_name: str, mod
                 npmi = graph.npmi([graph.index[w] for w in words])
                 groups, topics = pool_topics(npmi, settings["theta"], settings["kappa"], TOPIC_SIZE,
                                              settings["time_limit"])
-                stem = out_stem(model_name, mode, layer, neuron, polarity)
+                stem = out_stem(root, model_name, mode, layer, neuron, polarity)
                 save_pool(stem, words, cut, groups, topics)
-    return pd.DataFrame([_summary_row(mode, layer, n, pol, out_stem(model_name, mode, layer, n, pol))
+    return pd.DataFrame([_summary_row(mode, layer, n, pol, out_stem(root, model_name, mode, layer, n, pol))
                          for n in ids for pol in POLARITIES])
 
 
@@ -768,7 +785,8 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
 
     results = {}
-    with output_lock(cache_dir("topics", slug), "the topics cache of " + slug):
+    settings["root"] = settings_root(settings, meta["key"])
+    with output_lock(settings["root"] / slug, "the topics cache of " + slug):
         t = time.perf_counter()
         real = []
         for mode in modes:
@@ -798,7 +816,8 @@ def main(argv=None) -> int:
         link = None
         if not args.no_link:
             t = time.perf_counter()
-            link = run_link(model, tokenizer, wp, graph, slug, modes[0], layers, link_prompts_n, link_top, settings)
+            link_mode = next((m for m in modes if m.startswith("hi")), "hi-c")   # gate units are Hi-mode neurons
+            link = run_link(model, tokenizer, wp, graph, slug, link_mode, layers, link_prompts_n, link_top, settings)
             timings["link_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
     timings["cpu_s"] = time.process_time() - cpu_all
@@ -875,7 +894,7 @@ def report(out_dir, slug, modes, layers, results, link, meta, settings, neurons,
           "corpora). `python neuron_topics.py`; the full sweep is `--layers all --neurons all` (resumable).", "",
           table.markdown(), f"![superposition per layer](figures/{fig_path.name})", ""]
     data = {"summary": summary, "timings": timings, "corpus": meta["sources"], "vocab": len(meta["vocab"]),
-            "layers": layers, "modes": modes, "settings": {k: v for k, v in settings.items()}}
+            "layers": layers, "modes": modes, "settings": {k: str(v) for k, v in settings.items()}}
     if link is not None:
         lrows = [[str(r["layer"]), str(r["unit"]), r["group"], num(r["freq_toxic"], "{:.3f}"), num(r["freq_clean"], "{:.3f}"),
                   num(r["diff"], "{:+.3f}"), str(r["topics"]), num(r["best_score"], "{:.3f}"),
