@@ -1,6 +1,7 @@
 """neuron_topics.py: NPMI, the star heuristic, the exact step, the four modes, the pool rule, bad input."""
 import itertools
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -244,14 +245,6 @@ def test_missing_solver_names_the_package(monkeypatch):
         nt.exact_topic(_random_npmi(12, 0), size=10)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama-topics")
-    tiny_stock_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return str(folder)
-
-
 CLI_CASES = [
     (["--mode", "hi-x"], "unknown mode hi-x"),
     (["--kappa", "5,16"], "kappa_l >= 10"),
@@ -270,11 +263,11 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize("argv,fragment", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
-def test_cli_bad_input_is_one_line_and_exit_2(argv, fragment, tiny_dir, tmp_path):
-    argv = [a.replace("{tiny}", tiny_dir) for a in argv]
+def test_cli_bad_input_is_one_line_and_exit_2(argv, fragment, tiny_llama_dir, tmp_path):
+    argv = [a.replace("{tiny}", str(tiny_llama_dir)) for a in argv]
     done = subprocess.run([sys.executable, "neuron_topics.py", *argv, "--out-dir", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "SPLINE_CACHE": str(tmp_path / "cache")})
+                          env={**os.environ, "SPLINE_CACHE": str(tmp_path / "cache")})
     lines = [line for line in done.stderr.splitlines() if line.strip() and "Loading weights" not in line]
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
