@@ -9,6 +9,7 @@ features made with other settings, after a constant was edited, are extracted ag
   2. extract spline features + ID of a seeded sample of each dataset, all layers (features/<model>/)
      and, for the toxicity detector's latency, the first 3 layers with early exit (layers0-2/)
   3. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories
+  +  selfie.py --evaluate: SelfIE's identity recovery and toxicity read-out (results/selfie.md)
   4. statistic_analysis.py: every table and figure, results.json and RESULTS.md
 Settings are the constants below (edit and rerun, as in nanoGPT), or flags.
 """
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=MODEL)
     p.add_argument("--sample", type=int, default=None, help=f"texts per dataset (default {SAMPLE})")
     p.add_argument("--max-length", type=int, default=None, help=f"tokens (default {MAX_LENGTH})")
-    p.add_argument("--skip", default="", help="comma list of steps to skip: data,features,analysis,id")
+    p.add_argument("--skip", default="", help="comma list of steps to skip: data,features,id,selfie,analysis")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sample = args.sample or (QUICK["SAMPLE"] if args.quick else SAMPLE)
@@ -93,6 +94,11 @@ def main(argv=None) -> int:
         call(["ID_estimation.py", "--category", "all", "--model", args.model] + quick)
         call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick)
         timings["id"] = time.perf_counter() - t
+
+    if "selfie" not in skip:
+        t = step("SelfIE: identity recovery per layer, toxicity of the model's own descriptions (selfie.py)")
+        call(["selfie.py", "--evaluate", "--model", args.model] + quick)
+        timings["selfie"] = time.perf_counter() - t
 
     if "analysis" not in skip:
         t = step("4/4 statistic_analysis.py (RESULTS.md includes the ID experiment)")

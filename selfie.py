@@ -82,7 +82,7 @@ TOX_MAX_TOKENS = 48                   # prompts cut to their first 48 tokens (th
 EXAMPLES_PER_CATEGORY = 3
 EVAL_SEED = 0
 EVAL_DIR = "results/selfie"
-QUICK = dict(EVAL_WORDS=12, RANDOM_WORDS=4, TOX_PER_SOURCE=2, TOX_LAYER_STRIDE=15, EXAMPLES_PER_CATEGORY=1,
+QUICK = dict(EVAL_WORDS=6, RANDOM_WORDS=2, TOX_PER_SOURCE=2, TOX_LAYER_STRIDE=15, EXAMPLES_PER_CATEGORY=1,
              EVAL_DIR="results/selfie/quick")
 FULL = dict(EVAL_WORDS=10_000, RANDOM_WORDS=10_000,   # every single-token word of WORDS
             TOX_PER_SOURCE=40, TOX_LAYER_STRIDE=1,
@@ -320,7 +320,7 @@ def load_examples(args) -> list[dict]:
     try:
         frame = load_dataset(args.dataset, limit=args.limit, seed=args.seed)
     except KeyError as error:
-        raise UserError(f"{error.args[0] if error.args else error}: python -m data lists the dataset names") from None
+        raise UserError(str(error.args[0] if error.args else error)) from None
     return [{"prompt": t, "category": args.dataset, "raw": True} for t in frame["text"]]
 
 
@@ -332,8 +332,7 @@ def token_positions(spec: str, n_tokens: int) -> list[int]:
                         f"'a-b' or a comma list of positions 0..{n_tokens - 1}") from None
 
 
-def run_interpret(args, model, tokenizer) -> int:
-    examples = load_examples(args)
+def run_interpret(args, model, tokenizer, examples: list[dict]) -> int:
     prompt = build_interpretation_prompt(tokenizer, args.interpretation_prompt, args.placeholders,
                                          not args.no_chat_template)
     n_layers = model.config.num_hidden_layers
@@ -660,6 +659,9 @@ def main(argv=None) -> int:
         raise UserError("--quick and --full go with --evaluate: add --evaluate, or drop them")
     if args.quick and args.full:
         raise UserError("--quick and --full contradict each other: choose one")
+    examples = None if args.evaluate else load_examples(args)   # bad input is refused before the model loads
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # an error stays one line on stderr
     from model_loading import load_model, load_tokenizer
     try:
         tokenizer = load_tokenizer(args.model)
@@ -679,7 +681,7 @@ def main(argv=None) -> int:
         raise UserError(f"--layers {args.layers} is out of range: the states are hidden_states 0..{n_layers} of "
                         f"{args.model} (0 = embeddings, {n_layers} = after the final norm); use e.g. 'all', "
                         f"'0-{n_layers}' or '1,{n_layers // 2}'") from None
-    return run_interpret(args, model, tokenizer)
+    return run_interpret(args, model, tokenizer, examples)
 
 
 if __name__ == "__main__":
