@@ -431,8 +431,8 @@ def toxicity_prompts(cfg) -> pd.DataFrame:
     frames = []
     for name, label, n in specs:
         frame = load_dataset(name)
-        used = set(_select_rows(len(frame), None, SAMPLE, SEED))
-        frame = frame[~frame.index.isin(list(used)) & (frame["toxic"] == label)]
+        used = np.isin(np.arange(len(frame)), list(_select_rows(len(frame), None, SAMPLE, SEED)))
+        frame = frame[~used & (frame["toxic"] == label).values]
         frame = frame.sample(n=min(n, len(frame)), random_state=cfg["EVAL_SEED"])
         frames.append(pd.DataFrame({"text": frame["text"].values, "source": name, "label": label}))
     return pd.concat(frames, ignore_index=True)
@@ -590,8 +590,8 @@ def write_report(out_dir, args, cfg, tokenizer, layers, rate, own_rate, bare, n_
                       f"did not use, cut to {TOX_MAX_TOKENS} tokens; the last token is interpreted with the summarize "
                       f"prompt ({TOX_NEW_TOKENS} new tokens), every {cfg['TOX_LAYER_STRIDE']}th layer.",
                       "The description is scored by alt-profanity-check (as ID_estimation.py); the spline detector is "
-                      "a 5-fold cross-validated logistic regression on model.spline_features (layer l = decoder layer "
-                      f"l's MLP, the one whose output is hidden_states[l]). Scoring the prompt text itself: "
+                      "a 5-fold cross-validated logistic regression on model.spline_features (row l: the 7 features of "
+                      f"the block whose output is hidden_states[l], i.e. decoder layer l-1 counted from 0). Scoring the prompt text itself: "
                       f"{prompt_scored:.3f}."])
     t3 = Table("selfie_examples", f"SelfIE example interpretations{tag}, tokens with relevancy "
                "(probability with the insertion minus without)",

@@ -334,8 +334,13 @@ def test_smollm2_placeholders_and_identity():
     items = identity_items(tok, 6)
     assert [tok.decode([it["ids"][it["position"]]]).strip() for it in items] == [it["word"] for it in items]
     one = build_interpretation_prompt(tok, "repeat", 1)
-    states = torch.stack([hidden_states_at(model, it["ids"], [2], [it["position"]])[0, 0] for it in items])
-    out = interpret_states(model, tok, one, states, max_new_tokens=3, with_relevancy=True)
+    # Measured (selfie.py --evaluate): SmolLM2 repeats the word from its layer-2..9 state nearly always.
+    states = torch.stack([hidden_states_at(model, it["ids"], [3], [it["position"]])[0, 0] for it in items])
+    out = interpret_states(model, tok, one, states, max_new_tokens=5, with_relevancy=True)
     hits = [recovered(it["word"], r["text"]) for it, r in zip(items, out)]
-    assert sum(hits) >= 4, [r["text"] for r in out]
+    assert sum(hits) >= 5, [r["text"] for r in out]
+    # the word's own tokens are made likelier by the insertion
+    word_weights = [w for it, r in zip(items, out) for t, w in zip(r["ids"], r["weights"])
+                    if tok.decode([t]).strip().lower() == it["word"]]
+    assert word_weights and min(word_weights) > 0.1, word_weights
     assert all(len(r["weights"]) == len(r["ids"]) for r in out)
