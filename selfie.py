@@ -543,7 +543,7 @@ def run_evaluation(args, model, tokenizer) -> int:
         mid = n_layers // 2
         examples = []
         for item in items[:n_ex]:
-            for l in (1, mid):
+            for l in (3, mid):
                 state = hidden_states_at(model, item["ids"], [l], [item["position"]])[0]
                 r = interpret_states(model, tokenizer, repeat, state, max_new_tokens=EVAL_NEW_TOKENS + 3, with_relevancy=True)[0]
                 examples.append(("identity", item["text"], item["word"], l, r))
@@ -572,7 +572,7 @@ def write_report(out_dir, args, cfg, tokenizer, layers, rate, own_rate, bare, n_
                          rate["random"], "placeholder's own state (no insertion)": [own_rate] * len(layers)},
                 f"SelfIE identity recovery, {args.model}, {n_words} words, 'repeat' prompt, inserted at layer {INSERT_LAYER}",
                 Path(out_dir) / "figures" / "selfie_identity.png", xlabel="layer of the interpreted state (hidden_states index)",
-                ylabel="recovery rate")
+                ylabel="recovery rate", ylim=(-0.03, 1.03))
     t1 = Table("selfie_identity", f"SelfIE identity recovery per layer{tag} ({args.model}; {n_words} single-token words, "
                f"repeat prompt, {EVAL_NEW_TOKENS} new tokens, insertion at layer {INSERT_LAYER})",
                ["layer", "SelfIE %", "random same-norm %", "placeholder own state %"],
@@ -614,7 +614,8 @@ def write_report(out_dir, args, cfg, tokenizer, layers, rate, own_rate, bare, n_
         f"chat-templated interpretation prompt at the input of decoder layer {INSERT_LAYER} (hooks.py), and the model "
         f"generates. Identity recovery peaks at {pct(rate['selfie'][best], digits=0)} % (layer {layers[best]}); a random "
         f"vector of the same norm: at most {pct(np.nanmax(rate['random']), digits=0)} %; the placeholder's own state: "
-        f"{pct(own_rate, digits=0)} %. Run time: {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU.", "",
+        f"{pct(own_rate, digits=0)} %. This run took {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU "
+        "(interpretations cached by an earlier run are reused, not timed again).", "",
         t1.markdown(), "![SelfIE identity recovery](figures/selfie_identity.png)", "", t2.markdown(), t3.markdown()])
     write_section(out_dir, "selfie", md)
     print(f"SelfIE evaluation: {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU; results/selfie.md written")
