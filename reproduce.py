@@ -10,6 +10,7 @@ features made with other settings, after a constant was edited, are extracted ag
      and, for the toxicity detector's latency, the first 3 layers with early exit (layers0-2/)
   3. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories
   3b. neuron_topics.py: topics of a sample of MLP units, controls, link to the gate on-rates ("topics")
+  +  selfie.py --evaluate: SelfIE's identity recovery and toxicity read-out (results/selfie.md)
   4. statistic_analysis.py: every table and figure, results.json and RESULTS.md
 Settings are the constants below (edit and rerun, as in nanoGPT), or flags.
 """
@@ -38,7 +39,7 @@ BATCH_SIZE = 16
 SEED = 0
 FEATURES_DIR = "features"
 QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick features never mix with full ones
-STEPS = ("data", "features", "id", "topics", "analysis")  # the names --skip understands
+STEPS = ("data", "features", "id", "topics", "selfie", "analysis")  # the names --skip understands
 
 
 def step(title: str):
@@ -103,6 +104,10 @@ def main(argv=None) -> int:
         t = step("neuron topics: a sample of MLP units explained as word topics (neuron_topics.py)")
         call(["neuron_topics.py", "--model", args.model] + quick)
         timings["topics"] = time.perf_counter() - t
+    if "selfie" not in skip:
+        t = step("SelfIE: identity recovery per layer, toxicity of the model's own descriptions (selfie.py)")
+        call(["selfie.py", "--evaluate", "--model", args.model] + quick)
+        timings["selfie"] = time.perf_counter() - t
 
     if "analysis" not in skip:
         t = step("4/4 statistic_analysis.py (RESULTS.md includes the ID experiment)")

@@ -51,3 +51,15 @@ def embedding(points: np.ndarray, labels: np.ndarray, title: str, path: Path, ax
     ax.set_title(title)
     ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _save(fig, path)
+
+
+def lines(x, series: dict, title: str, path: Path, xlabel="", ylabel="", ylim=(0.0, 1.0)) -> Path:
+    """One line per entry of ``series`` ({label: y values over x}), e.g. a rate per layer."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for label, y in series.items():
+        ax.plot(list(x), [np.nan if v is None else v for v in y], marker="o", markersize=3, label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=ylim)
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))
