@@ -9,6 +9,7 @@ features made with other settings, after a constant was edited, are extracted ag
   2. extract spline features + ID of a seeded sample of each dataset, all layers (features/<model>/)
      and, for the toxicity detector's latency, the first 3 layers with early exit (layers0-2/)
   3. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories
+  sea. spectral_editing.py --task truthfulqa|bbq|toxicity (SEA; samples sized for ~3 min, see its constants)
   4. statistic_analysis.py: every table and figure, results.json and RESULTS.md
 Settings are the constants below (edit and rerun, as in nanoGPT), or flags.
 """
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=MODEL)
     p.add_argument("--sample", type=int, default=None, help=f"texts per dataset (default {SAMPLE})")
     p.add_argument("--max-length", type=int, default=None, help=f"tokens (default {MAX_LENGTH})")
-    p.add_argument("--skip", default="", help="comma list of steps to skip: data,features,analysis,id")
+    p.add_argument("--skip", default="", help="comma list of steps to skip: data,features,analysis,id,sea")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sample = args.sample or (QUICK["SAMPLE"] if args.quick else SAMPLE)
@@ -93,6 +94,12 @@ def main(argv=None) -> int:
         call(["ID_estimation.py", "--category", "all", "--model", args.model] + quick)
         call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick)
         timings["id"] = time.perf_counter() - t
+
+    if "sea" not in skip:
+        t = step("spectral editing of activations (SEA): TruthfulQA, BBQ-lite, toxicity")
+        for task in ("truthfulqa", "bbq", "toxicity"):  # each writes its table; RESULTS.md gets one section
+            call(["spectral_editing.py", "--task", task, "--model", args.model] + quick)
+        timings["sea"] = time.perf_counter() - t
 
     if "analysis" not in skip:
         t = step("4/4 statistic_analysis.py (RESULTS.md includes the ID experiment)")

@@ -82,24 +82,28 @@ BOOTSTRAP = 1000
 LAYERS = {"truthfulqa": None, "bbq": "last-2", "toxicity": None}
 ENERGY = {"truthfulqa": 0.998, "bbq": 0.9999, "toxicity": 0.99}
 # Sample sizes for the main job's CPU budget; --full gives the full-size run.
-TQA_QUESTIONS = 60                     # of 299
-BBQ_FIT = 120                          # disambiguated items of the fit half (templates held apart)
-BBQ_PAIRS = 60                         # ambiguous (neg, non-neg) pairs evaluated (2 items each)
-BBQ_DISAMBIG = 100                     # disambiguated items evaluated
-TOX_FIT = 40                           # fit prompts
+# Measured cost (1 thread, CPU seconds on the shared dev machine): ~1 s per TruthfulQA question and
+# ~0.45 s per BBQ item for each of the 7 passes (demonstrations + 6 conditions).
+TQA_QUESTIONS = 40                     # of 299
+BBQ_FIT = 48                           # disambiguated items of the fit half (templates held apart)
+BBQ_PAIRS = 24                         # ambiguous (neg, non-neg) pairs evaluated (2 items each)
+BBQ_DISAMBIG = 32                      # disambiguated items evaluated
+TOX_FIT = 32                           # fit prompts
 TOX_FIT_SAMPLES = 4                    # sampled continuations per fit prompt (+ 1 greedy as the base)
-TOX_EVAL = 40                          # held-out prompts
+TOX_EVAL = 32                          # held-out prompts
 TOX_EVAL_SAMPLES = 2                   # sampled continuations per held-out prompt and condition
-TOX_NEW_TOKENS = 20
+TOX_NEW_TOKENS = 16
+TOX_PROMPT_SHARE = 0.6                 # a prompt is the first 60 % of the words of an rtp/slurs text: the
+                                       # model continues a toxic sentence rather than starting a new one
 TOX_THRESHOLD = 0.5                    # alt-profanity-check probability from which a text counts as toxic
 PPL_DOMAINS = ("pubmed", "legal", "questions")
-PPL_TEXTS = 8                          # held-out clean texts per domain
-PPL_TOKENS = 64
-BATCH_SIZE = 16
+PPL_TEXTS = 6                          # held-out clean texts per domain
+PPL_TOKENS = 48
+BATCH_SIZE = 32
 THREADS = 0                            # torch CPU threads; 0: torch's default (all cores)
 FULL = dict(TQA_QUESTIONS=299, BBQ_FIT=1000, BBQ_PAIRS=500, BBQ_DISAMBIG=1000, TOX_FIT=400, TOX_EVAL=400,
             PPL_TEXTS=100)
-QUICK = dict(TQA_QUESTIONS=8, BBQ_FIT=16, BBQ_PAIRS=6, BBQ_DISAMBIG=8, TOX_FIT=6, TOX_EVAL=6, PPL_TEXTS=2,
+QUICK = dict(TQA_QUESTIONS=6, BBQ_FIT=12, BBQ_PAIRS=4, BBQ_DISAMBIG=6, TOX_FIT=6, TOX_EVAL=6, PPL_TEXTS=2,
              TOX_NEW_TOKENS=8, BOOTSTRAP=100)
 TASKS = ("truthfulqa", "bbq", "toxicity")
 SYSTEM = "spectral_editing"
@@ -279,7 +283,9 @@ def load_toxicity(n_fit: int, n_eval: int, n_ppl: int, seed: int):
     prompts = []
     for name in ("rtp", "slurs"):
         df = load_dataset(name)
-        prompts += [(name, t) for t in df["text"].tolist()]
+        for text in df["text"].tolist():
+            words = text.split()
+            prompts.append((name, " ".join(words[:max(4, round(TOX_PROMPT_SHARE * len(words)))])))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(prompts))
     fit = [prompts[i] for i in order[:n_fit]]
@@ -339,16 +345,14 @@ def last_states(model, tokenizer, texts: list[str], batch_size: int = BATCH_SIZE
 
 @torch.inference_mode()
 def perplexity_terms(model, tokenizer, texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per text: summed negative log-likelihood and token count (first max_tokens tokens)."""
-    nll, counts, tokens = [], [], 0
-    for text in texts:
-        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens)["input_ids"]
-        logits = model(ids).logits.float()
-        logp = torch.log_softmax(logits[0, :-1], -1).gather(1, ids[0, 1:, None])
-        nll.append(-logp.sum().item())
-        counts.append(ids.shape[1] - 1)
-        tokens += ids.shape[1]
-    return np.array(nll), np.array(counts), tokens
+    """Per text: summed negative log-likelihood and token count (first max_tokens tokens; one right-padded
+    batch, padding masked out)."""
+    tokenizer.padding_side = "right"
+    batch = tokenizer(texts, return_tensors="pt", truncation=True, max_length=max_tokens, padding=True)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    logp = torch.log_softmax(model(**batch).logits.float()[:, :-1], -1).gather(2, ids[:, 1:, None])[..., 0]
+    logp = logp * mask[:, 1:]
+    return -logp.sum(1).numpy(), mask[:, 1:].sum(1).numpy(), int(mask.sum())
 
 
 # -- conditions ---------------------------------------------------------------------------------------------
@@ -578,7 +582,7 @@ def toxicity(model, tok, cfg, folder):
         texts, n_tokens, seconds = continue_texts(model, tok, [t for _, t in held], n_new,
                                                   cfg["TOX_EVAL_SAMPLES"], cfg["seed"] + 1)
         scores = toxicity_scores(texts).reshape(len(held), cfg["TOX_EVAL_SAMPLES"])
-        nll, counts, _ = perplexity_terms(model, tok, [t for _, t in clean], PPL_TOKENS)
+        nll, counts, _ = perplexity_terms(model, tok, [t for _, t in clean], cfg["PPL_TOKENS"])
         return dict(scores=scores, texts=np.array(texts, dtype=object), tokens=n_tokens, seconds=seconds,
                     nll=nll, counts=counts)
 
@@ -599,7 +603,7 @@ def toxicity(model, tok, cfg, folder):
              f"{int((s.max(1) >= TOX_THRESHOLD).sum())} of {len(fit)} prompts with at least one; greedy base "
              f"continuations {int((demos['greedy_scores'] >= TOX_THRESHOLD).sum())} of {len(fit)} toxic. "
              f"Held out: {len(held)} prompts x {cfg['TOX_EVAL_SAMPLES']} samples (pure sampling, same seeds in "
-             f"every row); perplexity on {len(clean)} clean texts ({', '.join(PPL_DOMAINS)}, first {PPL_TOKENS} "
+             f"every row); perplexity on {len(clean)} clean texts ({', '.join(PPL_DOMAINS)}, first {cfg['PPL_TOKENS']} "
              "tokens)")
     return rows, ["toxic rate", "mean toxicity", "clean perplexity"], sizes, edits
 
@@ -693,8 +697,15 @@ def write_results_section(out_dir: Path) -> None:
 
 
 # -- command line -------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are cli.UserErrors: one line on stderr (run_main), exit status 2, no usage dump."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see spectral_editing.py --help)")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=TASKS, default=TASK)
     p.add_argument("--model", default=MODEL)
     p.add_argument("--layers", type=layer_spec, default=None,
@@ -720,10 +731,8 @@ def parse_args(argv=None):
 def settings(args, n_layers: int) -> dict:
     sizes = {k: globals()[k] for k in ("TQA_QUESTIONS", "BBQ_FIT", "BBQ_PAIRS", "BBQ_DISAMBIG", "TOX_FIT",
                                        "TOX_FIT_SAMPLES", "TOX_EVAL", "TOX_EVAL_SAMPLES", "TOX_NEW_TOKENS",
-                                       "PPL_TEXTS")}
+                                       "PPL_TEXTS", "TOX_PROMPT_SHARE", "PPL_TOKENS")}
     boot = BOOTSTRAP
-    if args.full and args.quick:
-        raise UserError("--full and --quick contradict each other: pass one of them")
     if args.full:
         sizes.update(FULL)
     if args.quick:
@@ -740,6 +749,8 @@ def settings(args, n_layers: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.full and args.quick:
+        raise UserError("--full and --quick contradict each other: pass one of them")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -243,3 +243,46 @@ def test_bad_input_is_refused_with_a_clear_message():
     with pytest.raises(UserError, match="out of range"):
         deeper.attach(model)
     assert _no_hooks(model) and _no_hooks(other)
+
+
+# -- spectral_editing.py: bad input on the command line -----------------------------------------------------
+CLI_CASES = [
+    (["--task", "nope"], "argument --task: invalid choice: 'nope'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--layers", "last-x"], "bad layer spec 'last-x'"),
+    (["--energy", "1.5"], "'1.5' is not a probability in [0, 1]"),
+    (["--sample", "0"], "'0' is not a positive integer"),
+    (["--alpha", "-1"], "'-1' is not a positive number"),
+    (["--feature", "linear"], "argument --feature: invalid choice: 'linear'"),
+    (["--site", "attention"], "argument --site: invalid choice: 'attention'"),
+    (["--full", "--quick"], "--full and --quick contradict each other"),
+    (["--model", "/nonexistent/model"], "cannot load the model '/nonexistent/model'"),
+    (["--layers", "40"], "layers [40] out of range: the model has 30 layers"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+def test_cli_bad_input_is_one_line_and_exit_2(argv, fragment, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "spectral_editing.py"), *argv, "--cache-dir", str(tmp_path),
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lines = [l for l in done.stderr.splitlines() if l.strip() and not l.startswith("Loading weights")]
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(lines) == 1 and lines[0].startswith("spectral_editing.py: error: ") and fragment in lines[0], lines
+
+
+@pytest.mark.slow
+def test_end_to_end_on_smollm2(tmp_path):
+    """Two TruthfulQA questions (one per fold), every condition, on the real model: tables, figure, JSON."""
+    import json
+    done = subprocess.run([sys.executable, str(ROOT / "spectral_editing.py"), "--task", "truthfulqa", "--quick",
+                           "--sample", "2", "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "results" / "spectral_editing_truthfulqa.json").read_text())
+    assert len(data["rows"]) == 6 and data["layers"] == list(range(10, 30))
+    for row in data["rows"].values():
+        assert 0 <= row["MC1"][0] <= 1 and 0 < row["MC2"][0] < 1 and row["tok/s"] > 0
+    assert (tmp_path / "tables" / "spectral_editing_truthfulqa.tex").exists()
+    assert (tmp_path / "figures" / "spectral_editing_truthfulqa.png").stat().st_size > 0
+    assert "### truthfulqa" in (tmp_path / "results" / "spectral_editing.md").read_text()
