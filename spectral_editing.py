@@ -640,7 +640,7 @@ def report(task, rows, metrics, sizes, edits, cfg, model_name, out_dir: Path) ->
                   notes=[sizes,
                          f"Edited layers {first.layers[0]}-{first.layers[-1]} ({len(first.layers)} of "
                          f"{cfg['n_layers']}), site {cfg['site']}, combine {cfg['combine']}, energy ratio "
-                         f"{cfg['energy']} ({k_summary}, fold 1); Phi-SEA feature {cfg['feature']}; steering "
+                         f"{cfg['energy']} ({k_summary}; first fold); Phi-SEA feature {cfg['feature']}; steering "
                          f"alpha {cfg['alpha']} spread over the edited layers; {cfg['bootstrap']} bootstrap resamples.",
                          "tokens/s: tokens processed (scoring) or generated (toxicity) per second in this run, "
                          "on a shared machine: compare rows, not runs."])

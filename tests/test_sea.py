@@ -276,8 +276,8 @@ def test_end_to_end_on_smollm2(tmp_path):
     """Two TruthfulQA questions (one per fold), every condition, on the real model: tables, figure, JSON."""
     import json
     done = subprocess.run([sys.executable, str(ROOT / "spectral_editing.py"), "--task", "truthfulqa", "--quick",
-                           "--sample", "2", "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+                           "--sample", "2", "--threads", "1", "--out-dir", str(tmp_path), "--cache-dir",
+                           str(tmp_path / "cache")], capture_output=True, text=True, cwd=ROOT, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads((tmp_path / "results" / "spectral_editing_truthfulqa.json").read_text())
     assert len(data["rows"]) == 6 and data["layers"] == list(range(10, 30))
