@@ -720,7 +720,7 @@ def parse_args(argv=None):
                    help="main sample size: questions (truthfulqa), evaluated disambiguated items (bbq), held-out "
                         "prompts (toxicity)")
     p.add_argument("--full", action="store_true", help="full sizes (299 questions, ...): " + json.dumps(FULL))
-    p.add_argument("--quick", action="store_true", help="tiny smoke run (results in features/.../quick)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run (its own cache, <cache-dir>/<model>/<task>_quick)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads (0: all cores)")
     p.add_argument("--out-dir", default=OUT_DIR)
