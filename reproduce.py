@@ -11,6 +11,7 @@ features made with other settings, after a constant was edited, are extracted ag
   3. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories
   3b. neuron_topics.py: topics of a sample of MLP units, controls, link to the gate on-rates ("topics")
   +  selfie.py --evaluate: SelfIE's identity recovery and toxicity read-out (results/selfie.md)
+  sea. spectral_editing.py --task truthfulqa|bbq|toxicity (SEA; samples sized for ~3 min, see its constants)
   4. statistic_analysis.py: every table and figure, results.json and RESULTS.md
 Settings are the constants below (edit and rerun, as in nanoGPT), or flags.
 """
@@ -39,7 +40,7 @@ BATCH_SIZE = 16
 SEED = 0
 FEATURES_DIR = "features"
 QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick features never mix with full ones
-STEPS = ("data", "features", "id", "topics", "selfie", "analysis")  # the names --skip understands
+STEPS = ("data", "features", "id", "sea", "selfie", "topics", "analysis")  # the names --skip understands
 
 
 def step(title: str):
@@ -108,6 +109,11 @@ def main(argv=None) -> int:
         t = step("SelfIE: identity recovery per layer, toxicity of the model's own descriptions (selfie.py)")
         call(["selfie.py", "--evaluate", "--model", args.model] + quick)
         timings["selfie"] = time.perf_counter() - t
+    if "sea" not in skip:
+        t = step("spectral editing of activations (SEA): TruthfulQA, BBQ-lite, toxicity")
+        for task in ("truthfulqa", "bbq", "toxicity"):  # each writes its table; RESULTS.md gets one section
+            call(["spectral_editing.py", "--task", task, "--model", args.model] + quick)
+        timings["sea"] = time.perf_counter() - t
 
     if "analysis" not in skip:
         t = step("4/4 statistic_analysis.py (RESULTS.md includes the ID experiment)")

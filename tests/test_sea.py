@@ -1,0 +1,288 @@
+"""sea.py (spectral editing of activations) and spectral_editing.py: exactness, batching, generate, save/load,
+clean detach, bad input; one short end-to-end run on SmolLM2 (slow)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hooks
+import sea
+from cli import UserError
+from tiny_models import tiny_stock_model, tiny_tokenizer, random_prompts
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = ["llama", "mistral", "gemma3", "gpt2"]
+
+
+def _activations(model, n=24, seed=0):
+    """Last-token states of every layer for three sets of random prompts: [N, L, d] each."""
+    _STOCK[id(model)] = _hooks(model) if id(model) not in _STOCK else _STOCK[id(model)]
+    out = []
+    for s in range(3):
+        ids = torch.randint(3, 100, (n, 6), generator=torch.Generator().manual_seed(seed + s))
+        with torch.no_grad():
+            states = model(ids, output_hidden_states=True).hidden_states[1:]
+        out.append(torch.stack([h[:, -1] for h in states], 1))
+    _STOCK[id(model)] = _hooks(model)
+    return out
+
+
+def _hooks(model):
+    return [(name, tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for name, m in model.named_modules()]
+
+
+_STOCK = {}
+
+
+def _no_hooks(model):
+    """No hook beyond the ones transformers itself keeps (it attaches its own for output_hidden_states)."""
+    return _hooks(model) == _STOCK[id(model)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_full_rank_edit_is_the_identity_bit_for_bit(family):
+    model = tiny_stock_model(family)
+    H, Hp, Hn = _activations(model)
+    d = H.shape[-1]
+    edit = sea.fit(H, Hp, Hn, layers="all", k_pos=d, k_neg=0)
+    ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        stock = model(ids).logits
+        with edit.apply(model):
+            edited = model(ids).logits
+    assert torch.equal(stock, edited)
+    assert _no_hooks(model)
+
+
+def _naive_projection(h, hp, ratio):
+    """float64 numpy: Omega = H^T H+ / N, its left singular vectors, the energy rank by a plain loop."""
+    omega = h.T @ hp / h.shape[0]
+    u, s, _ = np.linalg.svd(omega)
+    energy = s ** 2 / (s ** 2).sum()
+    k, acc = 0, 0.0
+    while acc < ratio - 1e-12:
+        acc += energy[k]
+        k += 1
+    return u, k
+
+
+def _naive_phi(x, feature, s):
+    z = x / s
+    return {"linear": x, "squared_exponential": np.sign(z) * (1 - np.exp(-z * z / 2)),
+            "tanh": np.tanh(z), "elu": np.where(z > 0, z, np.exp(z) - 1)}[feature]
+
+
+def _naive_phi_inv(y, feature, s):
+    eps = sea.EPS
+    if feature == "linear":
+        return y
+    if feature == "tanh":
+        return np.arctanh(np.clip(y, -1 + eps, 1 - eps)) * s
+    if feature == "elu":
+        return np.where(y > 0, y, np.log(1 + np.maximum(y, -1 + eps))) * s
+    return np.sign(y) * np.sqrt(-2 * np.log(1 - np.minimum(np.abs(y), 1 - eps))) * s
+
+
+@pytest.mark.parametrize("feature,combine", [("linear", "average"), ("linear", "l2_norm"),
+                                             ("squared_exponential", "average"), ("tanh", "l2_norm"),
+                                             ("elu", "average")])
+def test_projections_and_edited_forward_equal_a_naive_float64_implementation(feature, combine):
+    model = tiny_stock_model("llama").double()
+    H, Hp, Hn = (a.double() for a in _activations(model, n=40))
+    layers = [1, 3]
+    edit = sea.fit(H, Hp, Hn, layers=layers, energy_pos=0.9, energy_neg=0.8, feature=feature, combine=combine)
+    naive = {}
+    for l in layers:
+        h, hp, hn = (a[:, l].numpy() for a in (H, Hp, Hn))
+        s = np.sqrt((h ** 2).mean()) if feature != "linear" else 1.0
+        fh, fp, fn = (_naive_phi(a, feature, s) for a in (h, hp, hn))
+        up, kp = _naive_projection(fh, fp, 0.9)
+        un, kn = _naive_projection(fh, fn, 0.8)
+        P = up[:, :kp] @ up[:, :kp].T
+        N = un[:, kn:] @ un[:, kn:].T
+        assert edit.settings["ranks"][l] == [kp, kn]
+        np.testing.assert_allclose(edit.pos[l].numpy() @ edit.pos[l].numpy().T, P, atol=1e-9)
+        np.testing.assert_allclose(edit.neg[l].numpy() @ edit.neg[l].numpy().T, N, atol=1e-9)
+        naive[l] = (P, N, s)
+
+    def naive_edit(h, name):
+        l = int(name.rsplit(".", 1)[1])
+        P, N, s = naive[l]
+        x = _naive_phi(h.numpy(), feature, s)
+        a, b = x @ P.T, x @ N.T
+        if combine == "average":
+            y = (a + b) / 2
+        else:
+            y = (a + b) * np.linalg.norm(x, axis=-1, keepdims=True) / np.linalg.norm(a + b, axis=-1, keepdims=True)
+        return torch.from_numpy(_naive_phi_inv(y, feature, s))
+
+    ids = torch.randint(3, 100, (3, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        with edit.apply(model):
+            ours = model(ids).logits
+        with hooks.TraceDict(model, layers, retain_output=False, edit_output=naive_edit):
+            theirs = model(ids).logits
+        stock = model(ids).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(ours, stock)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("site", ["residual", "mlp"])
+def test_padded_batch_equals_one_at_a_time(family, site):
+    model = tiny_stock_model(family)
+    H, Hp, Hn = _activations(model)
+    edit = sea.fit(H, Hp, Hn, layers="all", energy_pos=0.9, energy_neg=0.9, site=site)
+    tok = tiny_tokenizer("left")
+    prompts = random_prompts(4, seed=3, lo=2, hi=9)
+    with torch.no_grad(), edit.apply(model):
+        batch = tok(prompts, return_tensors="pt", padding=True)
+        # positions over real tokens (GPT-2 does not derive them from the mask itself)
+        positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        together = model(**batch, position_ids=positions).logits[:, -1]
+        alone = torch.cat([model(**tok([p], return_tensors="pt")).logits[:, -1] for p in prompts])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
+    assert _no_hooks(model)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_generate_with_the_edit_equals_a_manual_greedy_loop(family):
+    model = tiny_stock_model(family)
+    H, Hp, Hn = _activations(model)
+    edit = sea.fit(H, Hp, Hn, layers="all", energy_pos=0.9, energy_neg=0.9, feature="tanh")
+    ids = torch.randint(3, 100, (1, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        stock = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        handle = edit.attach(model)
+        generated = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        manual = ids
+        for _ in range(8):  # no KV cache: the whole sequence, edited, every step
+            nxt = model(manual).logits[:, -1].argmax(-1, keepdim=True)
+            manual = torch.cat([manual, nxt], 1)
+        handle.close()
+    assert torch.equal(generated, manual)
+    assert not torch.equal(generated, stock)   # the edit does change what is generated
+    assert _no_hooks(model)
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    model = tiny_stock_model("llama")
+    H, Hp, Hn = _activations(model)
+    edit = sea.fit(H, Hp, Hn, layers="last-2", energy_pos=0.95, energy_neg=0.9, feature="squared_exponential",
+                   combine="l2_norm", site="mlp")
+    loaded = sea.load(edit.save(tmp_path / "e.safetensors"))
+    assert (loaded.layers, loaded.feature, loaded.combine, loaded.site) == (edit.layers, edit.feature, "l2_norm", "mlp")
+    assert loaded.settings["ranks"] == {str(k): v for k, v in edit.settings["ranks"].items()}
+    ids = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        with edit.apply(model):
+            a = model(ids).logits
+        with loaded.apply(model):
+            b = model(ids).logits
+    assert torch.equal(a, b)
+
+
+def test_context_manager_leaves_the_model_stock_even_after_an_error():
+    model = tiny_stock_model("llama")
+    H, Hp, Hn = _activations(model)
+    edit = sea.fit(H, Hp, Hn, energy_pos=0.5, energy_neg=0.5)
+    assert edit.layers == sea.default_layers(4) == [1, 2, 3]
+    ids = torch.randint(3, 100, (1, 4))
+    with torch.no_grad():
+        stock = model(ids).logits
+        with pytest.raises(RuntimeError):
+            with edit.apply(model):
+                raise RuntimeError("boom")
+        assert _no_hooks(model)
+        assert torch.equal(model(ids).logits, stock)
+        steer = sea.mean_difference(Hp, Hn, [2], alpha=2.0)
+        with steer.apply(model):
+            steered = model(ids).logits
+    assert not torch.equal(steered, stock) and _no_hooks(model)
+
+
+def test_controls_have_the_ranks_of_the_edit():
+    model = tiny_stock_model("llama")
+    H, Hp, Hn = _activations(model)
+    edit = sea.fit(H, Hp, Hn, layers=[2, 3], energy_pos=0.9, energy_neg=0.9)
+    rand = sea.random_like(edit, seed=1)
+    rev = sea.reversed_edit(H, Hp, Hn, layers=[2, 3], energy_pos=0.9, energy_neg=0.9)
+    for l in (2, 3):
+        assert rand.pos[l].shape == edit.pos[l].shape and rand.neg[l].shape == edit.neg[l].shape
+        q = rand.pos[l]
+        torch.testing.assert_close(q.T @ q, torch.eye(q.shape[1], dtype=q.dtype), atol=1e-10, rtol=0)
+    torch.testing.assert_close(rev.pos[2] @ rev.pos[2].T,
+                               sea.fit(H, Hn, Hp, layers=[2], energy_pos=0.9).pos[2] @
+                               sea.fit(H, Hn, Hp, layers=[2], energy_pos=0.9).pos[2].T)
+
+
+def test_bad_input_is_refused_with_a_clear_message():
+    model = tiny_stock_model("llama")
+    H, Hp, Hn = _activations(model)
+    with pytest.raises(UserError, match="differ in size"):
+        sea.fit(H, Hp[:-1], Hn)
+    with pytest.raises(UserError, match="empty"):
+        sea.fit(H[:0], Hp[:0], Hn[:0])
+    with pytest.raises(UserError, match="out of range"):
+        sea.fit(H, Hp, Hn, layers=[7])
+    with pytest.raises(UserError, match="out of range"):
+        sea.fit(H, Hp, Hn, layers="last-2", k_pos=99)
+    with pytest.raises(UserError, match="energy ratio"):
+        sea.fit(H, Hp, Hn, energy_pos=1.5)
+    with pytest.raises(UserError, match="unknown feature"):
+        sea.fit(H, Hp, Hn, feature="relu")
+    other = tiny_stock_model("llama", hidden_size=48)
+    _STOCK[id(other)] = _hooks(other)
+    edit = sea.fit(H, Hp, Hn, layers="last-2")
+    with pytest.raises(UserError, match="hidden size 32.*hidden size 48"):
+        edit.attach(other)
+    deeper = sea.fit(torch.cat([H, H], 1), torch.cat([Hp, Hp], 1), torch.cat([Hn, Hn], 1), layers=[6])
+    with pytest.raises(UserError, match="out of range"):
+        deeper.attach(model)
+    assert _no_hooks(model) and _no_hooks(other)
+
+
+# -- spectral_editing.py: bad input on the command line -----------------------------------------------------
+CLI_CASES = [
+    (["--task", "nope"], "argument --task: invalid choice: 'nope'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--layers", "last-x"], "bad layer spec 'last-x'"),
+    (["--energy", "1.5"], "'1.5' is not a probability in [0, 1]"),
+    (["--sample", "0"], "'0' is not a positive integer"),
+    (["--alpha", "-1"], "'-1' is not a positive number"),
+    (["--feature", "linear"], "argument --feature: invalid choice: 'linear'"),
+    (["--site", "attention"], "argument --site: invalid choice: 'attention'"),
+    (["--full", "--quick"], "--full and --quick contradict each other"),
+    (["--model", "/nonexistent/model"], "cannot load the model '/nonexistent/model'"),
+    (["--layers", "40"], "layers [40] out of range: the model has 30 layers"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+def test_cli_bad_input_is_one_line_and_exit_2(argv, fragment, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "spectral_editing.py"), *argv, "--cache-dir", str(tmp_path),
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lines = [l for l in done.stderr.splitlines() if l.strip() and not l.startswith("Loading weights")]
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(lines) == 1 and lines[0].startswith("spectral_editing.py: error: ") and fragment in lines[0], lines
+
+
+@pytest.mark.slow
+def test_end_to_end_on_smollm2(tmp_path):
+    """Two TruthfulQA questions (one per fold), every condition, on the real model: tables, figure, JSON."""
+    import json
+    done = subprocess.run([sys.executable, str(ROOT / "spectral_editing.py"), "--task", "truthfulqa", "--quick",
+                           "--sample", "2", "--threads", "1", "--out-dir", str(tmp_path), "--cache-dir",
+                           str(tmp_path / "cache")], capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "results" / "spectral_editing_truthfulqa.json").read_text())
+    assert len(data["rows"]) == 6 and data["layers"] == list(range(10, 30))
+    for row in data["rows"].values():
+        assert 0 <= row["MC1"][0] <= 1 and 0 < row["MC2"][0] < 1 and row["tok/s"] > 0
+    assert (tmp_path / "tables" / "spectral_editing_truthfulqa.tex").exists()
+    assert (tmp_path / "figures" / "spectral_editing_truthfulqa.png").stat().st_size > 0
+    assert "### truthfulqa" in (tmp_path / "results" / "spectral_editing.md").read_text()
