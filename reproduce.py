@@ -9,6 +9,9 @@ features made with other settings, after a constant was edited, are extracted ag
   2. extract spline features + ID of a seeded sample of each dataset, all layers (features/<model>/)
      and, for the toxicity detector's latency, the first 3 layers with early exit (layers0-2/)
   3. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories
+  bench: bench/bench_extraction.py, smaller than its own default (BENCH_ARGS; ~3 min): extraction against
+     the bare forward, the paper's approach and nnsight, loading, the 1,000 vs 20,000-prompt memory runs,
+     generation with SEA-/SelfIE-like edits; results/bench/latest.json and RESULTS.md's section
   4. statistic_analysis.py: every table and figure, results.json and RESULTS.md
 Settings are the constants below (edit and rerun, as in nanoGPT), or flags.
 """
@@ -36,6 +39,10 @@ BATCH_SIZE = 16
 SEED = 0
 FEATURES_DIR = "features"
 QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick features never mix with full ones
+# The benchmark's share of the 30-minute budget (~3 min on 2 cores): 48 prompts (3 batches of 16), one
+# repeat, one memory run of each size; `python bench/bench_extraction.py` alone is the full run (~10 min).
+BENCH_ARGS = ["--n-prompts", "48", "--repeats", "1", "--memory-repeats", "1", "--load-rows", "2000"]
+BENCH_QUICK_ARGS = ["--tiny"]  # a random 4-layer model: checks that it runs, its numbers mean nothing
 
 
 def step(title: str):
@@ -58,7 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=MODEL)
     p.add_argument("--sample", type=int, default=None, help=f"texts per dataset (default {SAMPLE})")
     p.add_argument("--max-length", type=int, default=None, help=f"tokens (default {MAX_LENGTH})")
-    p.add_argument("--skip", default="", help="comma list of steps to skip: data,features,analysis,id")
+    p.add_argument("--skip", default="", help="comma list of steps to skip: data,features,id,bench,analysis")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sample = args.sample or (QUICK["SAMPLE"] if args.quick else SAMPLE)
@@ -93,6 +100,12 @@ def main(argv=None) -> int:
         call(["ID_estimation.py", "--category", "all", "--model", args.model] + quick)
         call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick)
         timings["id"] = time.perf_counter() - t
+
+    if "bench" not in skip:
+        t = step("benchmark: bench/bench_extraction.py" + (" --tiny" if args.quick else ""))
+        bench_args = BENCH_QUICK_ARGS if args.quick else BENCH_ARGS + ["--model", args.model]
+        call(["bench/bench_extraction.py", *bench_args, "--out-dir", "results/bench", "--section", "."])
+        timings["bench"] = time.perf_counter() - t
 
     if "analysis" not in skip:
         t = step("4/4 statistic_analysis.py (RESULTS.md includes the ID experiment)")

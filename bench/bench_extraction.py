@@ -37,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -297,7 +296,6 @@ class NNsightProcess:
             self.error = (hello or {}).get("error") or "the nnsight worker exited: see nnsight_worker.log"
             self.close()
         self.version = (hello or {}).get("nnsight")
-        self.cuda_peak = None
 
     def _ask(self, command):
         if command:
@@ -313,7 +311,6 @@ class NNsightProcess:
         reply = self._ask(f"run {k}")
         if reply is None:
             raise RuntimeError("the nnsight worker died: see nnsight_worker.log")
-        self.cuda_peak = reply.get("cuda_peak_mib")
         return reply["elapsed"]
 
     def features(self, rows_in_batch_order):
@@ -335,39 +332,8 @@ class NNsightProcess:
         self.log.close()
 
 
-class PeakRSS:
-    """Samples a process's resident memory every 5 ms, for each method's peak above its start."""
-
-    def __init__(self):
-        self.pid, self.peak, self._stop = os.getpid(), 0, threading.Event()
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    @staticmethod
-    def rss(pid: int) -> int:
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    def _loop(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.rss(self.pid))
-
-    def start(self, pid: int) -> int:
-        self.pid = pid
-        self.peak = base = self.rss(pid)
-        return base
-
-    def stop(self, base: int) -> float:
-        return (max(self.peak, self.rss(self.pid)) - base) / 2**20
-
-    def close(self):
-        self._stop.set()
-
-
 def time_extraction(contenders: dict, batches: list, repeats: int, device: str, workdir: Path, verbose: bool):
-    """Every contender on every batch, in a rotating order; returns seconds per repeat, peak MiB, features."""
+    """Every contender on every batch, in a rotating order; returns seconds per repeat and the features."""
     names = list(contenders)
     cuda = device.startswith("cuda")
     # Untimed warm-up. CPU: the shortest batch (one prompt of it for the paper's approach). GPU: a whole
@@ -381,8 +347,7 @@ def time_extraction(contenders: dict, batches: list, repeats: int, device: str, 
             c.run_batch(k, batch)
         if isinstance(c, Paper):
             c.file.close()
-    sampler = PeakRSS()
-    times, peaks, outputs = {n: [] for n in names}, dict.fromkeys(names, 0.0), {}
+    times, outputs = {n: [] for n in names}, {}
     for rep in range(repeats):
         total = dict.fromkeys(names, 0.0)
         for c in contenders.values():
@@ -390,21 +355,11 @@ def time_extraction(contenders: dict, batches: list, repeats: int, device: str, 
         for k, batch in enumerate(batches):
             shift = (k + rep) % len(names)  # no method always follows the same one
             for name in names[shift:] + names[:shift]:
-                c = contenders[name]
-                worker = isinstance(c, NNsightProcess)
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                    cuda_base = torch.cuda.memory_allocated()
-                base = sampler.start(c.proc.pid if worker else os.getpid())
                 sync(device)
                 t0 = time.perf_counter()
-                reported = c.run_batch(k, batch)
+                reported = contenders[name].run_batch(k, batch)  # the nnsight worker times itself
                 sync(device)
-                total[name] += reported if worker else time.perf_counter() - t0
-                extra = sampler.stop(base)
-                if cuda:
-                    extra = (c.cuda_peak or 0.0) if worker else (torch.cuda.max_memory_allocated() - cuda_base) / 2**20
-                peaks[name] = max(peaks[name], extra)
+                total[name] += reported if reported is not None else time.perf_counter() - t0
             if verbose:
                 print(f"  repeat {rep + 1}, batch {k + 1}/{len(batches)} ({batch['ids'].shape[1]} tokens wide)",
                       flush=True)
@@ -416,8 +371,7 @@ def time_extraction(contenders: dict, batches: list, repeats: int, device: str, 
                 outputs[name] = result
             times[name].append(total[name])
         print(f"repeat {rep + 1}/{repeats}: " + ", ".join(f"{n} {total[n]:.1f}s" for n in names), flush=True)
-    sampler.close()
-    return times, peaks, outputs
+    return times, outputs
 
 
 # -- generation with an edit (the shapes of SEA's and SelfIE's, through hooks.py) ---------------------
@@ -724,7 +678,7 @@ def run(args, workdir: Path) -> dict:
           f"{torch.get_num_threads()} threads), {args.repeats} repeats", flush=True)
     load_before = os.getloadavg()
     began = time.perf_counter()
-    times, peaks, outputs = time_extraction(contenders, batches, args.repeats, device, workdir, not args.tiny)
+    times, outputs = time_extraction(contenders, batches, args.repeats, device, workdir, not args.tiny)
     wall = time.perf_counter() - began
     if "nnsight" in contenders:
         outputs["nnsight"] = contenders["nnsight"].features([r for b in batches for r in b["rows"]])
@@ -749,7 +703,7 @@ def run(args, workdir: Path) -> dict:
         methods[name] = {"label": label, "layers": n_layers if layer_set == "all" else len(first),
                          "with_id": with_id, "seconds": times[name], "median_s": med,
                          "prompts_per_s": len(prompts) / med, "ratio_to_bare": rel(name, "bare"),
-                         "peak_extra_mib": peaks[name], "max_abs_diff_vs_ours": agreement.get(name)}
+                         "max_abs_diff_vs_ours": agreement.get(name)}
 
     print("generation ...", flush=True)
     generation = bench_generation(bare_model, load_tokenizer(args.model, "left"), prompts, device, args.repeats)
@@ -806,15 +760,15 @@ def markdown(res: dict) -> str:
              f"approach: the same prompts one at a time); median of {s['repeats']} repeats, methods interleaved "
              f"batch by batch. IDs equal to the paper's approach's for {100 * s['id_agreement_paper_vs_ours']:.1f}% "
              "of (prompt, layer) pairs.", "",
-             "| method | prompts/s | time (s) | time / bare forward | peak extra memory (MiB) | max abs diff vs ours |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| method | prompts/s | time (s) | time / bare forward | max abs diff vs ours |",
+             "|---|---:|---:|---:|---:|"]
     for r in res["methods"].values():
         if "skipped" in r:
-            lines.append(f"| {r['label']} | not run: {r['skipped']} | | | | |")
+            lines.append(f"| {r['label']} | not run: {r['skipped']} | | | |")
             continue
         diff = "-" if r["max_abs_diff_vs_ours"] is None else f"{r['max_abs_diff_vs_ours']:.1e}"
         lines.append(f"| {r['label']} | {r['prompts_per_s']:.2f} | {r['median_s']:.2f} | {r['ratio_to_bare']:.3f} | "
-                     f"{r['peak_extra_mib']:.0f} | {diff} |")
+                     f"{diff} |")
     g = res["generation"]
     lines += ["", f"Generation: `model.generate` on {g['prompts']} prompts (at most {g['prompt_tokens']} tokens, "
               f"left-padded batches of {g['batch_size']}), {g['new_tokens']} new tokens each, greedy, KV cache; "

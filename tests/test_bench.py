@@ -46,7 +46,7 @@ def test_every_method_is_timed(tiny_run):
         m = methods[name]
         assert "skipped" not in m, (name, m)
         assert _positive(m["median_s"]) and _positive(m["prompts_per_s"]) and _positive(m["ratio_to_bare"])
-        assert m["peak_extra_mib"] >= 0 and len(m["seconds"]) == res["settings"]["repeats"]
+        assert len(m["seconds"]) == res["settings"]["repeats"]
     assert methods["bare"]["ratio_to_bare"] == 1.0
     nn = methods["nnsight"]  # optional (bench/requirements.txt): timed, or skipped with the reason
     assert nn.get("skipped") or _positive(nn["prompts_per_s"])
