@@ -882,8 +882,9 @@ def main(argv=None) -> int:
     print(f"wrote {args.out_dir / 'latest.json'} and latest.md; every target passed: {res['all_pass']}")
     if args.section:
         from analysis.report import write_section
+        note = "(`--tiny`: a random 4-layer model; this checks that the benchmark runs, its numbers mean nothing)\n\n"
         print("wrote", write_section(args.section, "bench", "## Extraction benchmark (bench/bench_extraction.py)\n\n"
-                                     + table))
+                                     + (note if args.tiny else "") + table))
     if args.update_readme:
         update_readme(table, gpu=args.device.startswith("cuda"))
         print(f"updated {README}")
