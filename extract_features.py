@@ -336,9 +336,9 @@ def _run(model, pad_id: int, padding_side: str, files: list[Path], n_rows: int, 
             value.clear()
 
     # On the CPU a batch's activations are heap blocks that glibc keeps once freed, more or fewer from
-    # one batch to the next, so the process creeps up over a long run. Handed back after each batch
-    # (under a millisecond), a 20,000-prompt run peaked 3-5 MiB above a 1,000-prompt one instead of
-    # 21 MiB (SmolLM2, layer 0, batches of 16, medians of 5 runs; see bench/README.md).
+    # one batch to the next, so the process creeps up over a long run. Without handing them back after
+    # each batch (under a millisecond), a 20,000-prompt run peaked 21 MiB above a 1,000-prompt one
+    # (SmolLM2, layer 0, batches of 16, medians of 5 runs); with it, within the bench's 2 % (bench/README.md).
     trim = next(model.parameters()).device.type == "cpu"
     bar = tqdm(total=n_rows, unit="prompt", desc=f"features {desc}", disable=not progress, smoothing=0.1)
     try:
