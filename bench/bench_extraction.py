@@ -795,7 +795,7 @@ def markdown(res: dict) -> str:
                   f"{mem['layers']} only, prompts of {mem['prompt_tokens']} tokens; the model read in full before "
                   f"extracting); median of {mem['repeats']} runs of each size:", "",
                   "| prompts | run's peak RSS (MiB) | before extracting (reading, tokenising, loading) | "
-                  "while extracting | RSS after loading | seconds extracting | every run's peak |",
+                  "while extracting | RSS after loading | seconds (whole run) | every run's peak |",
                   "|---:|---:|---:|---:|---:|---:|---|"]
         for r in mem["runs"]:
             lines.append(f"| {r['prompts']} | {r['peak_mib']:.1f} | {r['peak_before_extracting_mib']:.1f} | "
