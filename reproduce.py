@@ -41,9 +41,12 @@ FEATURES_DIR = "features"
 QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick features never mix with full ones
 # The benchmark's share of the 30-minute budget (~3 min on 2 cores): 48 prompts of 8-128 tokens (3 batches
 # of 16; MAX_LENGTH's cut), one repeat, one memory run of each size; `python bench/bench_extraction.py`
-# alone is the full run (240 prompts of up to 400 tokens, 2 repeats, 3 memory runs: ~10 min).
+# alone is the full run (240 prompts of up to 400 tokens, 2 repeats, 3 memory runs: ~10 min). One torch
+# thread: on a busy 2-core machine two threads stall each other (measured: this step took 27 min wall and
+# 11.5 min CPU with two, 7.6 min wall and 2.4 min CPU with one, nnsight included, load average ~15-20).
+# Loading keeps its 5,000 rows: with 2,000 our fixed cost of opening the file shrinks the speed-up.
 BENCH_ARGS = ["--n-prompts", "48", "--max-tokens", "128", "--repeats", "1", "--memory-repeats", "1",
-              "--load-rows", "2000"]
+              "--threads", "1"]
 BENCH_QUICK_ARGS = ["--tiny"]  # a random 4-layer model: checks that it runs, its numbers mean nothing
 
 
