@@ -40,8 +40,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from cli import (UserError, layer_spec, non_negative_int, output_lock, parse_layer_spec, positive_int,  # noqa: E402
                  run_main)
 from feature_io import FeatureWriter, feature_names, merge_feature_files  # noqa: E402
-from input_spool import (TOKENS, chunks, input_texts, read_chunk, run_in_child, set_column,  # noqa: E402
-                         spool_input)
+from input_spool import TOKENS, chunks, input_texts, read_chunk, set_column, spool_input  # noqa: E402
 
 log = logging.getLogger("extract_features")
 
@@ -190,10 +189,10 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
     start over) or ``replace_stale`` (start over only then). Empty and whitespace-only texts are skipped
     (counted, with a warning); texts longer than ``max_length`` tokens are truncated and flagged.
 
-    Memory does not grow with the number of texts: a child process tokenises the rows to do once,
-    ``chunk_size`` at a time, and spools them with their token ids, longest first, to
-    ``OUT.parquet.parts/input/`` (see input_spool.py; an input read from a file or dataset is freed
-    before the model loads); the extraction reads them back one chunk at a time.
+    Memory does not grow with the number of texts: the rows to do are tokenised once, ``chunk_size``
+    at a time, and spooled with their token ids, longest first, to ``OUT.parquet.parts/input/`` (see
+    input_spool.py; an input read from a file or dataset is freed, and the tokenizer with it, before
+    the model loads); the extraction reads them back one chunk at a time.
     """
     # Imported here so that `--help`, bad arguments and reading features never load torch models.
     from model_loading import check_device, default_device, load_model, model_config, resolve_dtype
@@ -245,9 +244,7 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
     # (two runs on one parts folder would number their parts alike and lose rows). The kernel drops the lock
     # when this process dies, so a killed run's output is resumed without asking.
     with output_lock(out, what=str(out)):
-        # The passes over the texts run in a child process (see input_spool.run_in_child): what they leave
-        # on the heap goes with it, so this process's memory does not grow with the input.
-        fingerprint = run_in_child(_fingerprint, source, selected, text_column, chunk_size)
+        fingerprint = _fingerprint(source, selected, text_column, chunk_size)
         settings = {"model": str(model), "layers": layers, "dtype": str(torch_dtype).removeprefix("torch."),
                     "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
                     "padding_side": padding_side, "input": origin, "limit": limit, "sample": sample,
@@ -261,19 +258,19 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
         if writer.complete:
             log.info("%s is already complete with these settings: nothing to do", out)
         else:
-            # The input is tokenised once, in a child process, and spooled to disk longest first; the run
+            # The input is tokenised once, a chunk at a time, and spooled to disk longest first; the run
             # then reads one chunk at a time: what stays in memory is one chunk, whatever the input's size.
             spool = writer.parts_dir / "input"
             try:
                 # Whole batches per chunk, so that the batches are the ones of one length-sorted pass.
                 rows_per_chunk = max(batch_size, chunk_size - chunk_size % batch_size)
-                plan = run_in_child(_tokenise_and_spool, model, padding_side, source=source, positions=selected,
-                                    text_column=text_column, done_ids=writer.done_ids, max_length=max_length,
-                                    read_rows=chunk_size, rows_per_chunk=rows_per_chunk, folder=spool,
-                                    progress=progress, desc=name)
+                plan = _tokenise_and_spool(model, padding_side, source=source, positions=selected,
+                                           text_column=text_column, done_ids=writer.done_ids, max_length=max_length,
+                                           read_rows=chunk_size, rows_per_chunk=rows_per_chunk, folder=spool,
+                                           progress=progress, desc=name)
                 del source  # a file or dataset read here is freed; a caller's list or DataFrame stays the caller's
-                # With Arrow's system allocator this is glibc's malloc_trim: the heap that held the input goes
-                # back before the model loads on top of it, not kept for the whole run.
+                # With Arrow's system allocator this is glibc's malloc_trim: the heap that held the input and the
+                # tokenizer goes back before the model loads on top of it, not kept for the whole run.
                 pa.default_memory_pool().release_unused()
                 # Nothing to extract at all is the user's input, not a result (an empty file would hide it). Under
                 # `accelerate launch` a shard may well be empty: the other processes wait for its file.
@@ -312,8 +309,8 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
 
 
 def _tokenise_and_spool(model: str, padding_side: str, **kwargs) -> dict:
-    """``spool_input`` with the model's tokenizer, loaded here: run in the child, so that the extracting
-    process never holds the tokenizer (~30 MiB for SmolLM2's)."""
+    """``spool_input`` with the model's tokenizer, loaded here and freed on return (~30 MiB for SmolLM2's):
+    the extraction only needs the pad id."""
     from model_loading import load_tokenizer
     tokenizer = load_tokenizer(model, padding_side)
     return {**spool_input(tokenizer=tokenizer, **kwargs), "pad_id": tokenizer.pad_token_id}
@@ -374,9 +371,9 @@ def _run(model, pad_id: int, padding_side: str, files: list[Path], n_rows: int, 
             value.clear()
 
     # On the CPU a batch's activations are heap blocks that glibc keeps once freed, more or fewer from
-    # one batch to the next, so the process creeps up over a long run. Handed back after each batch
-    # (under a millisecond), a 20,000-prompt run peaked 3-5 MiB above a 1,000-prompt one instead of
-    # 21 MiB (SmolLM2, layer 0, batches of 16, medians of 5 runs; see bench/README.md).
+    # one batch to the next, so the process creeps up over a long run. Without handing them back after
+    # each batch (under a millisecond), a 20,000-prompt run peaked 21 MiB above a 1,000-prompt one
+    # (SmolLM2, layer 0, batches of 16, medians of 5 runs); with it, within the bench's 2 % (bench/README.md).
     trim = next(model.parameters()).device.type == "cpu"
     bar = tqdm(total=n_rows, unit="prompt", desc=f"features {desc}", disable=not progress, smoothing=0.1)
     try:

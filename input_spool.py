@@ -1,22 +1,14 @@
-"""The extraction's input, tokenised once and spooled to disk longest first, in a child process.
+"""The extraction's input, tokenised once and spooled to disk longest first.
 
 ``spool_input`` reads the rows to extract a chunk at a time, tokenises them, stages them with their
 token ids as Arrow files, then writes them again in the order the extraction runs them (longest
 first, so that similar lengths share a padded batch) as one Arrow file per chunk of rows. The
-extraction then reads one chunk at a time: token ids come as int32 arrays, not Python lists.
-
-``run_in_child`` runs such a pass in a forked process. Tokenising leaves native heap behind that is
-never handed back (the tokenizer's caches and allocator fragmentation: a few MiB that grow over the
-first ~20,000 texts); left in a child, it goes with the child, and the extraction process's memory
-does not depend on how many texts there are.
+extraction then reads one chunk at a time: token ids come as int32 arrays, not Python lists, and
+what stays in memory is one chunk, whatever the input's size.
 """
 from __future__ import annotations
 
-import multiprocessing
-import os
 import shutil
-import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -151,55 +143,3 @@ def spool_input(source, positions, text_column: str, done_ids: np.ndarray, token
     for path in staged:
         path.unlink()
     return {**counts, "files": files, "n_rows": len(order)}
-
-
-# -- a pass in a child process ----------------------------------------------------------------------
-def run_in_child(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` in a forked child process (Linux), its result or exception sent back.
-
-    The child sees the caller's objects as they are (fork copies nothing up front, pickles nothing
-    in) and only the result is pickled back. Where fork is not the platform's way (macOS, Windows),
-    in a daemonic process (a multiprocessing pool's worker), or with ``SPLINE_NO_FORK=1``, ``fn`` runs
-    here instead, with the same result.
-    """
-    if (not sys.platform.startswith("linux") or os.environ.get("SPLINE_NO_FORK", "") not in ("", "0")
-            or multiprocessing.current_process().daemon):  # a daemonic worker may not have children
-        return fn(*args, **kwargs)
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(send, fn, args, kwargs), name=getattr(fn, "__name__", "child"),
-                            daemon=True)
-    child.start()
-    send.close()
-    try:
-        ok, value = receive.recv()
-    except EOFError:
-        child.join()
-        raise RuntimeError(f"The child process running {fn.__name__} died (exit code {child.exitcode}), "
-                           "e.g. killed for lack of memory. Rerun with SPLINE_NO_FORK=1 to run it in this "
-                           "process and see the error.") from None
-    except BaseException:  # interrupted (Ctrl-C): the child may still be working
-        child.terminate()
-        child.join()
-        raise
-    finally:
-        receive.close()
-    child.join()
-    if not ok:
-        raise value
-    return value
-
-
-def _child_main(send, fn, args, kwargs) -> None:
-    try:
-        result = (True, fn(*args, **kwargs))
-    except BaseException as error:  # noqa: BLE001 - every error goes back to the parent, which raises it
-        if hasattr(error, "add_note"):
-            error.add_note("In the child process:\n" + "".join(traceback.format_tb(error.__traceback__)))
-        result = (False, error)
-    try:
-        send.send(result)
-    except Exception:  # noqa: BLE001 - a result or an exception that does not pickle
-        send.send((False, RuntimeError("".join(traceback.format_exception(result[1])) if not result[0]
-                                       else f"{fn.__name__} returned a result that does not pickle")))
-    send.close()

@@ -1,30 +1,38 @@
-"""The extraction benchmark runs end to end in its tiny mode (a random 4-layer model, a few prompts).
+"""The benchmark runs end to end in its tiny mode (a random 4-layer model, a few prompts), every method
+computes the same features, and the generation edits do what they say.
 
-This checks that the script works and that its JSON is complete and sane, never how fast anything is:
-timings of a tiny model on a shared CI machine mean nothing. The real numbers come from running
-``bench/bench_extraction.py`` itself (see bench/README.md).
+Never how fast anything is: timings of a tiny model on a shared CI machine mean nothing. The real
+numbers come from running ``bench/bench_extraction.py`` itself (see bench/README.md).
 """
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from hooks import Trace
+from tiny_models import tiny_stock_model
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "bench_extraction.py"
 TIMED = ("bare", "ours_all_id", "ours_all", "ours_first_id", "ours_first", "paper_id", "paper")
+
+sys.path.insert(0, str(REPO / "bench"))
+import bench_extraction as bench  # noqa: E402
+
+sys.path.pop(0)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out-dir", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
+    return json.loads((out / "latest.json").read_text()), (out / "latest.md").read_text()
 
 
 def _positive(x):
@@ -32,22 +40,20 @@ def _positive(x):
 
 
 def test_every_method_is_timed(tiny_run):
-    _, res, _ = tiny_run
+    res, _ = tiny_run
     methods = res["methods"]
     for name in TIMED:
         m = methods[name]
         assert "skipped" not in m, (name, m)
         assert _positive(m["median_s"]) and _positive(m["prompts_per_s"]) and _positive(m["ratio_to_bare"])
-        assert m["peak_extra_mib"] >= 0
         assert len(m["seconds"]) == res["settings"]["repeats"]
     assert methods["bare"]["ratio_to_bare"] == 1.0
-    # The tracing library is optional (bench/requirements.txt): timed, or skipped with the reason.
-    nn = methods["nnsight"]
-    assert "skipped" in nn and nn["skipped"] or _positive(nn["prompts_per_s"])
+    nn = methods["nnsight"]  # optional (bench/requirements.txt): timed, or skipped with the reason
+    assert nn.get("skipped") or _positive(nn["prompts_per_s"])
 
 
 def test_all_methods_compute_the_same_features(tiny_run):
-    _, res, _ = tiny_run
+    res, _ = tiny_run
     for name in ("paper", "paper_id"):
         assert res["methods"][name]["max_abs_diff_vs_ours"] < 1e-4
     if "skipped" not in res["methods"]["nnsight"]:
@@ -55,57 +61,100 @@ def test_all_methods_compute_the_same_features(tiny_run):
     assert res["settings"]["id_agreement_paper_vs_ours"] == 1.0
 
 
-def test_loading_and_targets_are_reported(tiny_run):
-    _, res, md = tiny_run
+def test_generation_loading_memory_and_targets_are_reported(tiny_run):
+    res, md = tiny_run
+    gen = res["generation"]["conditions"]
+    assert list(gen) == ["unedited", "sea_like", "selfie_like"]
+    assert all(_positive(g["median_s"]) and _positive(g["ratio_to_unedited"]) for g in gen.values())
+    assert gen["unedited"]["tokens_changed"] == 0
+    assert gen["sea_like"]["tokens_changed"] > 0 and gen["selfie_like"]["tokens_changed"] > 0  # really applied
     ld = res["loading"]
-    assert ld["rows"] == 200
-    assert all(_positive(ld[k]) for k in ("ours_s", "csv_json_s", "csv_literal_eval_s"))
-    names = [t["target"] for t in res["targets"]]
-    assert any("bare forward" in n for n in names) and any("paper" in n for n in names)
-    assert any("loading" in n for n in names) and any("nnsight" in n for n in names)
-    for t in res["targets"]:
-        assert t["pass"] in (True, False, None)
-    runs = res["memory"]["runs"]
-    assert [r["prompts"] for r in runs] == [20, 40] and all("error" not in r for r in runs), runs
-    for r in runs:  # the run's peak covers the tokenising child, which is measured too
-        assert _positive(r["tokenising_mib"]) and r["run_peak_mib"] >= max(r["peak_rss_mib"], r["tokenising_mib"])
-        _check_batch_peaks(r, res["settings"]["batch_size"])
-    assert "| method | prompts/s |" in md and "| target |" in md
-    m = res["machine"]
-    assert m["torch_threads"] >= 1 and m["cpu_cores"] >= 1 and m["torch"]
+    assert ld["rows"] == 200 and all(_positive(ld[k]) for k in ("ours_s", "csv_json_s", "csv_literal_eval_s"))
+    mem = res["memory"]
+    assert [r["prompts"] for r in mem["runs"]] == [20, 40]
+    for r in mem["runs"]:
+        assert r["peak_mib"] == max(r["peak_extracting_mib"], r["peak_before_extracting_mib"]) > r["rss_after_load_mib"]
+    assert mem["ratio"] == pytest.approx(mem["runs"][1]["peak_mib"] / mem["runs"][0]["peak_mib"])
+    targets = {t["key"]: t for t in res["targets"]}
+    assert set(targets) == set(bench.TARGETS) - {"paper_vs_ours_id_gpu"}  # every target of the CPU run
+    assert targets["memory"]["threshold"] == 1.02 and targets["memory"]["measured"] == mem["ratio"]
+    assert all(t["pass"] in (True, False, None) for t in targets.values())
+    assert res["all_pass"] == all(t["pass"] is not False for t in targets.values())
+    for header in ("| method | prompts/s |", "| condition |", "| reader |", "| prompts |", "| target |"):
+        assert header in md
 
 
-def _check_batch_peaks(run, batch_size):
-    """One peak per batch; the run's peak while extracting is the largest reading."""
-    assert run["batches"] == math.ceil(run["prompts"] / batch_size)
-    spread, base = run["batch_peak_above_load_mib"], run["rss_after_load_mib"]
-    assert 0 <= spread["min"] <= spread["median"] <= spread["max"]
-    assert base + max(spread["max"], run["finish_peak_above_load_mib"]) == pytest.approx(run["peak_rss_mib"])
+# -- the generation edits, on a tiny random Llama ------------------------------------------------------
+def _generate(model, ids, n=6):
+    with torch.inference_mode():
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False, pad_token_id=0)
 
 
-def test_memory_only_runs_the_memory_runs_alone(tmp_path):
-    """--memory-only, for comparing allocators: the settings the runs inherit are named in the table."""
-    env = dict(os.environ, MALLOC_ARENA_MAX="2")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--memory-only", "--out-dir", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads((tmp_path / "bench.json").read_text())
-    assert "methods" not in res and [t["target"] for t in res["targets"]] == ["peak RSS 40 / 20 prompts"]
-    for r in res["memory"]["runs"]:
-        _check_batch_peaks(r, res["settings"]["batch_size"])
-    assert res["machine"]["allocator_env"] == {"MALLOC_ARENA_MAX": "2"}
-    md = (tmp_path / "bench.md").read_text()
-    assert "`MALLOC_ARENA_MAX=2`" in md and "| method |" not in md and "| 40 |" in md
+def _ids():
+    return torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def test_sea_like_edit_projects_the_last_two_thirds_and_detaches():
+    model, ids = tiny_stock_model("llama"), _ids()
+    stock = _generate(model, ids)
+    eye = torch.eye(model.config.hidden_size)
+    edit = bench.sea_like_edit(model, eye, eye)  # (I h + I h) / 2 = h: the same tokens
+    assert _generate(model, ids).equal(stock)
+    assert len(edit) == model.config.num_hidden_layers - model.config.num_hidden_layers // 3
+    edit.close()
+    p1, p2 = (bench.projection_without(eye.shape[0], 4, seed, eye) for seed in (1, 2))
+    torch.testing.assert_close(p1 @ p1, p1, atol=1e-5, rtol=0)  # a projection
+    with torch.inference_mode():
+        before = model(ids).logits
+        with bench.sea_like_edit(model, p1, p2):
+            edited = model(ids).logits
+    assert not torch.allclose(before, edited)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_selfie_like_insertion_replaces_the_prefill_only():
+    model, ids = tiny_stock_model("llama"), _ids()
+    stock = _generate(model, ids)
+    with torch.inference_mode(), Trace(model, 1, retain_input=True, retain_output=False) as layer1:
+        model(ids)
+    positions = [4, 5, 6, 7, 8]
+    with bench.selfie_like_insertion(model, positions, layer1.input[0, positions]):  # row 0's own values
+        assert _generate(model, ids[:1]).equal(stock[:1])  # inserting what is there changes nothing
+    vectors = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    seen = []
+    with bench.selfie_like_insertion(model, positions, vectors):
+        with Trace(model, 1, retain_output=False, edit_input=lambda h, name: seen.append(h.clone())):
+            changed = _generate(model, ids)
+    assert [h.shape[1] for h in seen] == [12, 1, 1, 1, 1, 1]  # a prefill, then one token per step
+    assert torch.equal(seen[0][:, positions], vectors.expand(2, -1, -1))
+    torch.testing.assert_close(seen[0][:, :4], layer1.input[:, :4], rtol=0, atol=0)  # the rest as it was
+    assert not changed.equal(stock)
+
+
+def test_the_bench_registers_no_hook_of_its_own():
+    """hooks.py is the project's one hook module."""
+    for path in (REPO / "bench").glob("*.py"):
+        assert "register_forward" not in path.read_text(), path
+
+
+# -- bad input: one line, exit status 2 -----------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--memory-runs", "20000", "1000"], "--memory-runs 20000 1000: SMALL must be below LARGE"),
+    (["--tiny", "--update-readme"], "--tiny numbers say nothing about speed"),
+    (["--min-tokens", "50", "--max-tokens", "10"], "--min-tokens 50 is above --max-tokens 10"),
+    pytest.param(["--device", "cuda"], "--device cuda: no CUDA device is visible here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("bench_extraction.py: error: " + message), proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_update_readme_rewrites_only_the_marked_section(tmp_path):
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import bench_extraction as bench
-    finally:
-        sys.path.pop(0)
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{bench.README_BEGIN}\nold table\n{bench.README_END}\noutro\n")
+    readme.write_text("intro\n<!-- bench:begin -->\nold table\n<!-- bench:end -->\noutro\n")
     bench.update_readme("| new | table |\n", readme)
     text = readme.read_text()
     assert "old table" not in text and "| new | table |" in text

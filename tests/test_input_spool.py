@@ -1,54 +1,18 @@
-"""input_spool.py: the tokenised, length-sorted spool of the input, and passes in a child process."""
-import os
-import sys
-
+"""input_spool.py: the tokenised, length-sorted spool of the input."""
 import numpy as np
 import pandas as pd
-import pytest
 
 import input_spool as spool
 from tiny_models import random_prompts, tiny_tokenizer
 
-needs_fork = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="passes run in a child on Linux only")
 
-
-def _pid_and(value):
-    return os.getpid(), value
-
-
-def _fail(message):
-    raise KeyError(message)
-
-
-def _die():
-    os._exit(3)
-
-
-@needs_fork
-def test_run_in_child_returns_the_result_and_raises_the_error():
-    pid, value = spool.run_in_child(_pid_and, {"a": np.arange(3)})
-    assert pid != os.getpid() and value["a"].tolist() == [0, 1, 2]
-    with pytest.raises(KeyError, match="no such column") as error:
-        spool.run_in_child(_fail, "no such column")
-    assert any("In the child process" in note for note in getattr(error.value, "__notes__", []))
-    with pytest.raises(RuntimeError, match=r"died \(exit code 3\).*SPLINE_NO_FORK=1"):
-        spool.run_in_child(_die)
-
-
-def test_run_in_child_can_run_here(monkeypatch):
-    monkeypatch.setenv("SPLINE_NO_FORK", "1")
-    assert spool.run_in_child(_pid_and, 5) == (os.getpid(), 5)
-
-
-@pytest.mark.parametrize("fork", ["0", "1"])  # the same spool, made in a child or here
-def test_spool_is_longest_first_with_the_tokenizers_ids(tmp_path, monkeypatch, fork):
-    monkeypatch.setenv("SPLINE_NO_FORK", "0" if fork == "1" else "1")
+def test_spool_is_longest_first_with_the_tokenizers_ids(tmp_path):
     texts = random_prompts(23, seed=3, lo=1, hi=9)
     texts[5], texts[9] = "", "  \t "
     frame = pd.DataFrame({"body": texts, "label": np.arange(23)})
     tok = tiny_tokenizer()
     done = np.array([0, 7], dtype=np.int64)  # a resumed run: these are skipped
-    result = spool.run_in_child(spool.spool_input, frame, range(23), "body", done, tok, 6, 4, 5, tmp_path / "s")
+    result = spool.spool_input(frame, range(23), "body", done, tok, 6, 4, 5, tmp_path / "s")
     assert (result["empty"], result["todo"], result["no_tokens"]) == (2, 19, 0)
     tables = [spool.read_chunk(path) for path in result["files"]]
     assert [t.num_rows for t in tables] == [5, 5, 5, 4] and result["n_rows"] == 19
