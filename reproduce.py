@@ -9,7 +9,10 @@ features made with other settings, after a constant was edited, are extracted ag
   2. extract spline features + ID of a seeded sample of each dataset, all layers (features/<model>/)
      and, for the toxicity detector's latency, the first 3 layers with early exit (layers0-2/)
   3. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories
-  4. statistic_analysis.py: every table and figure, results.json and RESULTS.md
+  4. the second embedded model, Qwen2.5-Coder-0.5B-Instruct (step "qwen"): assembled from its chunk
+     packages and converted once, features of a smaller sample of each dataset, the ID experiment with
+     fewer statements, prepend lengths and new tokens, and the refusal section with both models
+  5. statistic_analysis.py: every table and figure (both models side by side), results.json and RESULTS.md
 Settings are the constants below (edit and rerun, as in nanoGPT), or flags.
 """
 from __future__ import annotations
@@ -36,6 +39,14 @@ BATCH_SIZE = 16
 SEED = 0
 FEATURES_DIR = "features"
 QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick features never mix with full ones
+# The second model (step "qwen"): Qwen2.5-Coder-0.5B-Instruct costs ~3-4x SmolLM2 per token on a CPU, so it
+# gets a smaller sample per dataset (stated in RESULTS.md's setup lines) and a smaller ID experiment; its
+# share of the 30-minute budget is about 6 minutes (conversion, features, ID experiment). The early-exit
+# files are not extracted for it: its fast detector uses the first 3 layers sliced from the full run.
+SECOND_MODEL = "qwen2.5-coder-0.5b"
+SECOND_SAMPLE = 60       # texts per dataset
+SECOND_ID = ["--n-statements", "3", "--prepend-words", "0,100,400", "--max-new-tokens", "32"]
+SECOND_QUICK = dict(SAMPLE=16, ID=["--n-statements", "1", "--prepend-words", "0,200", "--max-new-tokens", "12"])
 
 
 def step(title: str):
@@ -58,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=MODEL)
     p.add_argument("--sample", type=int, default=None, help=f"texts per dataset (default {SAMPLE})")
     p.add_argument("--max-length", type=int, default=None, help=f"tokens (default {MAX_LENGTH})")
-    p.add_argument("--skip", default="", help="comma list of steps to skip: data,features,analysis,id")
+    p.add_argument("--skip", default="", help="comma list of steps to skip: data,features,id,qwen,analysis")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sample = args.sample or (QUICK["SAMPLE"] if args.quick else SAMPLE)
@@ -70,12 +81,12 @@ def main(argv=None) -> int:
     timings = {}
 
     if "data" not in skip:
-        t = step("1/4 datasets")
+        t = step("1/5 datasets")
         call(["data/prepare.py"])
         timings["data"] = time.perf_counter() - t
 
     if "features" not in skip:
-        t = step(f"2/4 features: {len(DATASETS)} datasets x {sample} texts, max {max_length} tokens")
+        t = step(f"2/5 features: {len(DATASETS)} datasets x {sample} texts, max {max_length} tokens")
         from extract_features import extract_features
         for name in DATASETS:
             extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
@@ -88,16 +99,39 @@ def main(argv=None) -> int:
         timings["features"] = time.perf_counter() - t
 
     if "id" not in skip:
-        t = step("3/4 intrinsic-dimension experiment")
+        t = step("3/5 intrinsic-dimension experiment")
         # All four categories in one call: their prompts share length-sorted batches.
         call(["ID_estimation.py", "--category", "all", "--model", args.model] + quick)
         call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick)
         timings["id"] = time.perf_counter() - t
 
+    second = SECOND_MODEL != args.model and "qwen" not in skip
+    if second:
+        t = step(f"4/5 second model {SECOND_MODEL}: conversion, features, ID experiment")
+        from extract_features import extract_features
+        from model_loading import embedded_model_path
+        second_sample = SECOND_QUICK["SAMPLE"] if args.quick else SECOND_SAMPLE
+        c = time.perf_counter()
+        embedded_model_path(SECOND_MODEL)  # assembled and converted once (about 1 min), then cached
+        timings["qwen conversion"] = time.perf_counter() - c
+        c = time.perf_counter()
+        for name in DATASETS:
+            extract_features(dataset=name, model=SECOND_MODEL, sample=second_sample, seed=SEED, max_length=max_length,
+                             batch_size=BATCH_SIZE, save_hidden=True, features_dir=features_dir, replace_stale=True)
+        timings["qwen features"] = time.perf_counter() - c
+        c = time.perf_counter()
+        call(["ID_estimation.py", "--category", "all", "--model", SECOND_MODEL]
+             + (SECOND_QUICK["ID"] + quick if args.quick else SECOND_ID))
+        call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", f"{SECOND_MODEL},{args.model}"] + quick)
+        timings["qwen id"] = time.perf_counter() - c
+        timings["qwen"] = time.perf_counter() - t
+
     if "analysis" not in skip:
-        t = step("4/4 statistic_analysis.py (RESULTS.md includes the ID experiment)")
+        t = step("5/5 statistic_analysis.py (RESULTS.md includes the ID experiment)")
         from extract_features import model_slug
-        call(["statistic_analysis.py", "--features-dir", f"{features_dir}/{model_slug(args.model)}"] + quick)
+        dirs = [f"{features_dir}/{model_slug(args.model)}"] + ([f"{features_dir}/{model_slug(SECOND_MODEL)}"]
+                                                               if second else [])
+        call(["statistic_analysis.py"] + [a for d in dirs for a in ("--features-dir", d)] + quick)
         timings["analysis"] = time.perf_counter() - t
 
     total = time.perf_counter() - began
