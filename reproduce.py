@@ -44,7 +44,7 @@ QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick f
 # share of the 30-minute budget is about 6 minutes (conversion, features, ID experiment). The early-exit
 # files are not extracted for it: its fast detector uses the first 3 layers sliced from the full run.
 SECOND_MODEL = "qwen2.5-coder-0.5b"
-SECOND_SAMPLE = 60       # texts per dataset
+SECOND_SAMPLE = 48       # texts per dataset (SmolLM2: SAMPLE = 250)
 SECOND_ID = ["--n-statements", "3", "--prepend-words", "0,100,400", "--max-new-tokens", "32"]
 SECOND_QUICK = dict(SAMPLE=16, ID=["--n-statements", "1", "--prepend-words", "0,200", "--max-new-tokens", "12"])
 
