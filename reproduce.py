@@ -122,7 +122,8 @@ def main(argv=None) -> int:
         c = time.perf_counter()
         call(["ID_estimation.py", "--category", "all", "--model", SECOND_MODEL]
              + (SECOND_QUICK["ID"] + quick if args.quick else SECOND_ID))
-        call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", f"{SECOND_MODEL},{args.model}"] + quick)
+        both = SECOND_MODEL if "id" in skip else f"{SECOND_MODEL},{args.model}"  # the refusal section, side by side
+        call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", both] + quick)
         timings["qwen id"] = time.perf_counter() - c
         timings["qwen"] = time.perf_counter() - t
 
