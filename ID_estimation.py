@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cli import UserError, int_list, non_negative_int, positive_int, probability, run_main  # noqa: E402
+from cli import UserError, int_list, non_negative_int, output_lock, positive_int, probability, run_main  # noqa: E402
 from toxicity_id_eval import DEFAULT_MODEL, default_results_dir  # noqa: E402
 from toxicity_id_eval.build_prompts import CATEGORIES, PROMPTS_DIR, prompts_path, write_prompt_files  # noqa: E402
 from toxicity_id_eval.refusal import REFUSAL_PATTERNS, is_refusal  # noqa: E402,F401 (documented there)
@@ -318,8 +318,10 @@ def main(argv=None, model=None, tokenizer=None) -> dict[str, pd.DataFrame]:
         return (load_model(args.model, dtype=args.dtype, device=args.device),
                 load_tokenizer(args.model, padding_side="left"))
 
-    results = run_experiment(prompts, model, tokenizer, args.model, args.results_dir, args.max_new_tokens,
-                             args.batch_size, not args.no_chat_template, args.instruction, args.threshold, load)
+    Path(args.results_dir).mkdir(parents=True, exist_ok=True)
+    with output_lock(args.results_dir, f"{args.results_dir} (the ID experiment's results)"):  # resumable csvs
+        results = run_experiment(prompts, model, tokenizer, args.model, args.results_dir, args.max_new_tokens,
+                                 args.batch_size, not args.no_chat_template, args.instruction, args.threshold, load)
     for category, frame in results.items():
         print(f"{category}: {len(frame)} rows, toxic generations {int(frame['Label'].sum())}, refusals "
               f"{int(frame['Refusal'].sum())}, mean ID {frame['ID Mean'].astype(float).mean():.1f} -> "

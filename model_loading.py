@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from cli import UserError
+from cli import UserError, output_lock
 from instrument import instrument
 from modeling_llama import SplineLlamaForCausalLM
 from modeling_mistral import SplineMistralForCausalLM
@@ -97,6 +97,13 @@ def embedded_model_path(name: str) -> Path:
     target = cache_dir("models", name)
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
+    with output_lock(target, f"the conversion of {name} in {target}"):  # one converter at a time
+        if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+            return target
+        return _convert(name, target)
+
+
+def _convert(name: str, target: Path) -> Path:
     gguf = _gguf_file(name)
     log.warning("Converting %s from %s once (SmolLM2: about 25 s); cached in %s", name, gguf.name, target)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
