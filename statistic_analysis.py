@@ -4,12 +4,15 @@
     python statistic_analysis.py                      # embedded default: features/<the one model>/
     python statistic_analysis.py --quick --out-dir /tmp/a
     python statistic_analysis.py --preset paper --features-dir features/llama2-7b
+    python statistic_analysis.py --features-dir features/smollm2-135m --features-dir features/qwen2.5-coder-0.5b
     python statistic_analysis.py --only detection,heatmaps --set RF_TREES=300 --set "TOXIC=['slurs']"
 
 It reads feature files written by extract_features.py (never a model). The settings are the
 constants below; each can be overridden with ``--set NAME=VALUE`` (a Python literal) and the most
 used ones have their own flags. Outputs under --out-dir: tables/*.md|tex, figures/*.png,
-results.json (every number) and RESULTS.md (our tables beside the paper's reported ones).
+results.json (every number) and RESULTS.md (our tables beside the paper's reported ones). With several
+--features-dir (one per model), every experiment runs on each model and the tables show them side by
+side, one block of rows per model (a "model" column), as the paper shows Llama-2 and Mistral.
 
 Experiments:
   detection   1. toxicity detection (page-1 table): every detector, ROC-AUC / AP / TPR@1%FPR, latency
@@ -49,7 +52,7 @@ from cli import non_negative_int, positive_int, run_main  # noqa: E402
 # ----------------------------------------------------------------------------- settings
 PRESET = "embedded"            # "embedded" (SmolLM2 + packaged datasets) or "paper"
 FEATURES_ROOT = "features"     # extract_features.py writes features/<model>/<dataset>.parquet
-MODEL_DIR = None               # sub-folder of FEATURES_ROOT; None: the only one there
+MODEL_DIR = None               # sub-folder of FEATURES_ROOT (or a list: models side by side); None: the only one
 EARLY_EXIT_LAYERS = 3          # the fast detector: RF on the first k layers, from features/<model>/layers0-{k-1}/
 OUT_DIR = "."                  # tables/, figures/, results.json, RESULTS.md go here (repo root by default)
 SEED = 0
@@ -113,7 +116,9 @@ def configure(argv=None) -> dict:
     """Constants, then the preset, then --quick, then flags and --set overrides."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None)
-    p.add_argument("--features-dir", help="folder of <dataset>.parquet files (default FEATURES_ROOT/MODEL_DIR)")
+    p.add_argument("--features-dir", action="append",
+                   help="folder of <dataset>.parquet files (default FEATURES_ROOT/MODEL_DIR); repeat it to put "
+                        "several models side by side (the first one's early-exit folder is --early-dir)")
     p.add_argument("--early-dir", help="folder of the early-exit files (default <features-dir>/layers0-{k-1})")
     p.add_argument("--out-dir", help="where tables/, figures/, results.json, RESULTS.md go (default repo root)")
     p.add_argument("--quick", action="store_true", help="small subsample, few folds and trees (for tests)")
@@ -184,20 +189,25 @@ def _same_kind(old, new) -> bool:
     return True
 
 
-def resolve_features_dir(cfg) -> Path:
+def resolve_features_dir(cfg) -> Path | list[Path]:
+    """The features folder, or a list of them (one per model, shown side by side)."""
     from analysis.data import AnalysisInputError
     if cfg["FEATURES_DIR"]:
-        return Path(cfg["FEATURES_DIR"])
+        dirs = [Path(d) for d in cfg["FEATURES_DIR"]]
+        return dirs[0] if len(dirs) == 1 else dirs
     root = Path(cfg["FEATURES_ROOT"])
     if not root.is_absolute():
         root = ROOT / root
+    if isinstance(cfg["MODEL_DIR"], (list, tuple)):
+        return [root / d for d in cfg["MODEL_DIR"]]
     if cfg["MODEL_DIR"]:
         return root / cfg["MODEL_DIR"]
     subdirs = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
     if len(subdirs) != 1:
         raise AnalysisInputError(
             f"Cannot tell which model's features to analyse: {root} holds "
-            f"{[d.name for d in subdirs] or 'no model folder'}. Pass --features-dir or --set MODEL_DIR=...")
+            f"{[d.name for d in subdirs] or 'no model folder'}. Pass --features-dir (repeat it for models side by "
+            "side) or --set MODEL_DIR=...")
     return subdirs[0]
 
 

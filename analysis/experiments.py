@@ -76,8 +76,10 @@ class Run:
                                           [("clean", clean), ("toxic", self.cfg["TOXIC"])])
         return self._tasks[key]
 
+    fig_dir = None  # figures/ for the first model; figures/<model>/ for the others (set by _run_all)
+
     def fig(self, name: str) -> Path:
-        return self.out / "figures" / f"{name}.png"
+        return (self.fig_dir or self.out / "figures") / f"{name}.png"
 
     # ------------------------------------------------------------------ detection suite
     def detection(self, key: str) -> dict:
@@ -455,17 +457,79 @@ EXPERIMENT_FUNCS = {"detection": exp_detection, "shortcut": exp_shortcut, "domai
                     "embedding": exp_embedding}
 
 
-def run_all(cfg, features_dir: Path, log) -> int:
+def run_all(cfg, features_dir, log) -> int:
+    """Every experiment on one model's features (a folder), or on several (a list of folders): then each
+    experiment runs on every model and RESULTS.md shows their tables side by side (a "model" column, one
+    block of rows per model, as the paper's Llama-2 / Mistral rows); the first model's results.json layout
+    is unchanged, the others' go under results.json["other_models"] and their figures under figures/<model>/."""
     # BLAS/OpenMP pools limited (default one thread): on these small matrices extra BLAS threads only spin,
     # and on a busy machine they made LR and t-SNE 10-20x slower. N_JOBS parallelises the forests instead.
+    dirs = [Path(features_dir)] if isinstance(features_dir, (str, Path)) else [Path(d) for d in features_dir]
     with threadpool_limits(limits=max(1, int(cfg["BLAS_THREADS"]))):
-        return _run_all(cfg, features_dir, log)
+        runs = [_run_model(cfg, d, log, first=(i == 0)) for i, d in enumerate(dirs)]
+    run, results, sections = runs[0]
+    if len(runs) > 1:
+        names = [r.corpus.info.get("model") or d.name for (r, _, _), d in zip(runs, dirs)]
+        if len(set(names)) < len(names):
+            raise AnalysisInputError(f"The feature folders {[str(d) for d in dirs]} hold the same model twice "
+                                     f"({names}): pass one folder per model.")
+        sections = _merge_sections(names, [sec for _, _, sec in runs])
+        results["other_models"] = {n: res for n, (_, res, _) in zip(names[1:], runs[1:])}
+    for _, _, tables, _, _ in sections:
+        for t in tables:
+            t.write(run.out)
+    run.out.mkdir(parents=True, exist_ok=True)
+    write_json(run.out / "results.json", results)
+    (run.out / "RESULTS.md").write_text(_results_md([r for r, _, _ in runs], results, sections))
+    log(f"wrote {run.out / 'RESULTS.md'}, {run.out / 'results.json'}, tables/ and figures/")
+    return 1 if results["skipped"] else 0
 
 
-def _run_all(cfg, features_dir: Path, log) -> int:
+def _merge_sections(models: list[str], per_model: list[list]) -> list:
+    """One section per experiment with every model's tables merged: same-named tables become one table
+    with a leading "model" column (columns united in order, '-' where a model has none, e.g. the layers
+    of a shallower model); the paper's reference tables (*_paper) appear once; a model for which the
+    experiment was skipped gets a note saying why."""
+    merged = []
+    for parts in zip(*per_model):
+        name = parts[0][0]
+        tables, figures, errors, order = {}, [], [], []
+        for model, (_, _, model_tables, model_figures, error) in zip(models, parts):
+            figures += model_figures
+            if error:
+                errors.append(f"{model}: skipped: {error}")
+            for t in model_tables:
+                if t.name not in tables:
+                    order.append(t.name)
+                    tables[t.name] = []
+                tables[t.name].append((model, t))
+        out_tables = []
+        for table_name in order:
+            entries = tables[table_name]
+            if table_name.endswith("_paper"):
+                out_tables.append(entries[0][1])
+                continue
+            columns = list(dict.fromkeys(c for _, t in entries for c in t.columns))
+            rows, notes = [], []
+            for model, t in entries:
+                where = {c: i for i, c in enumerate(t.columns)}
+                rows += [[model] + [row[where[c]] if c in where else "-" for c in columns] for row in t.rows]
+                notes += [n if len(entries) == 1 else f"{model}: {n}" for n in t.notes]
+            first = entries[0][1]
+            out_tables.append(Table(first.name, first.caption, ["model"] + columns, rows,
+                                    list(dict.fromkeys(notes))))
+        if out_tables and errors:
+            out_tables[0].notes += errors
+        merged.append((name, parts[0][1], out_tables, figures, None if out_tables else "; ".join(errors)))
+    return merged
+
+
+def _run_model(cfg, features_dir: Path, log, first: bool = True):
     import time
     log(f"features: {features_dir}")
-    run = Run(cfg, features_dir, log)
+    run = Run(cfg if first else dict(cfg, EARLY_DIR=None), features_dir, log)  # --early-dir: the first model's
+    if not first:  # the other models' figures go to figures/<model>/ (same names as the first model's)
+        run.fig_dir = run.out / "figures" / Path(features_dir).name
     info = run.corpus.info
     log(f"model {info.get('model')}, layers {layers_text(run.corpus.layers)}, "
         f"{sum(len(d.X) for d in run.corpus.data.values())} rows in {len(run.corpus.data)} files")
@@ -481,8 +545,6 @@ def _run_all(cfg, features_dir: Path, log) -> int:
             results["skipped"][name] = str(err)
             sections.append((name, None, [], [], str(err)))
             continue
-        for t in tables:
-            t.write(run.out)
         results["experiments"][name] = res
         sections.append((name, res, tables, figures, None))
         elapsed = time.perf_counter() - start
@@ -492,11 +554,7 @@ def _run_all(cfg, features_dir: Path, log) -> int:
     results["notes"] = run.corpus.notes
     if cfg["TIMING"]:
         results["timing"] = run.timing
-    run.out.mkdir(parents=True, exist_ok=True)
-    write_json(run.out / "results.json", results)
-    (run.out / "RESULTS.md").write_text(_results_md(run, results, sections))
-    log(f"wrote {run.out / 'RESULTS.md'}, {run.out / 'results.json'}, tables/ and figures/")
-    return 1 if results["skipped"] else 0
+    return run, results, sections
 
 
 def _setup(run: Run, features_dir: Path) -> dict:
@@ -527,8 +585,8 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def _results_md(run: Run, results: dict, sections) -> str:
-    st = results["setup"]
+def _results_md(runs: list[Run], results: dict, sections) -> str:
+    run, st = runs[0], results["setup"]
     lines = ["# Results", "",
              "Generated by `statistic_analysis.py` from cached feature files (no model was run). "
              "Every number in our tables comes from this run; tables labelled *paper* are the paper's reported "
@@ -543,6 +601,12 @@ def _results_md(run: Run, results: dict, sections) -> str:
              f"multi-label: {st['multilabel']}",
              f"- seed {st['settings']['SEED']}, {st['settings']['FOLDS']} folds, {st['settings']['RF_TREES']} trees; "
              f"python {st['versions']['python']}, scikit-learn {st['versions']['scikit-learn']}", ""]
+    for name, other in results.get("other_models", {}).items():  # the models shown beside the first one
+        o = other["setup"]
+        lines[-1:-1] = [f"- beside it, model `{o['model']}`: layers {layers_text(o['layers'])} of {o['n_layers_total']}, "
+                        f"dtype {o['dtype']}, max_length {o['max_length']}, features `{o['features_dir']}`; rows per "
+                        "dataset: " + ", ".join(f"{n} {c}" for n, c in o["rows_per_dataset"].items())
+                        + (f"; notes: {' '.join(other['notes'])}" if other.get("notes") else "")]
     if results["notes"]:
         lines += ["Notes on the input:", ""] + [f"- {n}" for n in results["notes"]] + [""]
     for name, res, tables, figures, error in sections:
@@ -555,38 +619,46 @@ def _results_md(run: Run, results: dict, sections) -> str:
         for f in figures:
             rel = Path(f).relative_to(run.out)
             lines += [f"![{Path(f).stem}]({rel.as_posix()})", ""]
-    return "\n".join(lines + _id_section(run) + system_sections(run.out))
+    return "\n".join(lines + _id_section(runs) + system_sections(run.out))
 
 
-def _id_section(run: Run) -> list[str]:
-    """The ID experiment's verdict (ID_estimation.py + id_plotting.py), when its summary exists."""
-    if run.cfg["ID_RESULTS"] is None:  # where ID_estimation.py put the results of the features' model
-        from toxicity_id_eval import default_results_dir
-        summary = default_results_dir(run.corpus.info["model"], run.cfg["QUICK_MODE"]) / "summary.json"
-    else:
-        folder = Path(run.cfg["ID_RESULTS"])
-        folder = folder if folder.is_absolute() else Path(__file__).resolve().parent.parent / folder
-        summary = folder / ("quick" if run.cfg["QUICK_MODE"] else "") / "summary.json"
-    if not summary.exists():
+def _id_section(runs: list[Run]) -> list[str]:
+    """The ID experiment's verdict (ID_estimation.py + id_plotting.py) for each model whose summary exists,
+    one block of rows per model."""
+    from toxicity_id_eval import default_results_dir
+    from toxicity_id_eval.id_plotting import model_suffix
+    heading = ["## 8. Attention intrinsic dimension against prepended context", ""]
+    lines, rows, figures = [], [], []
+    for run in runs:
+        model = run.corpus.info["model"]
+        if run.cfg["ID_RESULTS"] is None or len(runs) > 1:  # where ID_estimation.py put this model's results
+            summary = default_results_dir(model, run.cfg["QUICK_MODE"]) / "summary.json"
+        else:
+            folder = Path(run.cfg["ID_RESULTS"])
+            folder = folder if folder.is_absolute() else Path(__file__).resolve().parent.parent / folder
+            summary = folder / ("quick" if run.cfg["QUICK_MODE"] else "") / "summary.json"
+        if not summary.exists():
+            continue
+        # id_plotting.py --category all stores the four categories pooled under "all"
+        pooled = json.loads(summary.read_text()).get("categories", {}).get("all")
+        if not pooled:
+            lines.append(f"- `{_rel(summary)}` has no pooled entry: run `python toxicity_id_eval/id_plotting.py "
+                         f"--category all --model {model}`.")
+            continue
+        for row in pooled["by_prepend_length"]:
+            rows.append(f"| {model} | {row['prepend_words']} | {row['n']} | {row['context_length']:.0f} | "
+                        f"{row['id_mean']:.1f} | {row['toxic_rate'] * 100:.0f} % | {row['refusal_rate'] * 100:.0f} % |")
+        rho = pooled["spearman_context_vs_id_mean"]
+        lines.append(f"- {model}: from `{_rel(summary)}` ({pooled['n']} prompts); Spearman(context length, mean ID) = "
+                     + ("n/a" if rho["rho"] is None else f"{rho['rho']:.2f} (p = {rho['p']:.1g})")
+                     + f"; verdict: {pooled['verdict']}.")
+        name = f"id_all{model_suffix(model)}.png"
+        if (run.out / "figures" / name).exists():
+            figures.append(f"![id_all {model}](figures/{name})")
+    if not rows and not lines:
         return []
-    # id_plotting.py --category all stores the four categories pooled under "all"
-    pooled = json.loads(summary.read_text()).get("categories", {}).get("all")
-    if not pooled:
-        return ["## 8. Attention intrinsic dimension against prepended context", "",
-                f"`{_rel(summary)}` has no pooled entry: run `python toxicity_id_eval/id_plotting.py "
-                "--category all`.", ""]
-    lines = ["## 8. Attention intrinsic dimension against prepended context", "",
-             f"From `{_rel(summary)}` (ID_estimation.py, {pooled['n']} prompts; answers labelled by "
-             "alt-profanity-check, see toxicity_id_eval/README.md).", "",
-             "| words prepended | context (tokens) | mean ID over layers | toxic answers | refusals |",
-             "|---|---|---|---|---|"]
-    for row in pooled["by_prepend_length"]:
-        lines.append(f"| {row['prepend_words']} | {row['context_length']:.0f} | {row['id_mean']:.1f} | "
-                     f"{row['toxic_rate'] * 100:.0f} % | {row['refusal_rate'] * 100:.0f} % |")
-    rho = pooled["spearman_context_vs_id_mean"]
-    lines += ["", f"- Spearman(context length, mean ID) = {rho['rho']:.2f} (p = {rho['p']:.1g}); "
-              f"verdict: {pooled['verdict']}."]
-    figure = run.out / "figures" / "id_all.png"
-    if figure.exists():
-        lines += ["", "![id_all](figures/id_all.png)"]
-    return lines + [""]
+    table = ["Answers labelled by alt-profanity-check; refusals by the phrase matcher of "
+             "toxicity_id_eval/refusal.py (see toxicity_id_eval/README.md; section 9 has their intervals and tests).",
+             "", "| model | words prepended | n | context (tokens) | mean ID over layers | toxic answers | refusals |",
+             "|---|---|---|---|---|---|---|"] + rows if rows else []
+    return heading + table + [""] + lines + ([""] + figures if figures else []) + [""]

@@ -296,4 +296,32 @@ def test_id_experiment_summary_joins_results_md(shifted, tmp_path):
     run(root / "features", tmp_path / "out", "--only", "embedding", "--set", f"ID_RESULTS='{tmp_path}'")
     md = (tmp_path / "out" / "RESULTS.md").read_text()
     assert "## 8. Attention intrinsic dimension" in md
-    assert "| 50 | 120 | 61.5 | 25 % | 0 % |" in md and "= 0.91" in md
+    assert "| tiny-test-model | 50 | 4 | 120 | 61.5 | 25 % | 0 % |" in md and "= 0.91" in md
+
+
+def test_two_models_side_by_side(tmp_path):
+    """Two --features-dir: every table holds both models' rows (a "model" column), the first model's
+    numbers are exactly those of its own run, the second's figures go to figures/<folder>/."""
+    make_suite(tmp_path / "a", n=40, n_layers=4, model="model-a")
+    make_suite(tmp_path / "b", n=30, n_layers=5, toxic_shift=0.0, seed=1, model="model-b")
+    only = ["--only", "detection,domains,heatmaps,embedding"]
+    code_a, alone = run(tmp_path / "a", tmp_path / "out_a", *only)
+    code = statistic_analysis.main(["--features-dir", str(tmp_path / "a"), "--features-dir", str(tmp_path / "b"),
+                                    "--out-dir", str(tmp_path / "out"), *FAST, *only])
+    both = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert code == code_a == 0
+    assert both["experiments"] == alone["experiments"]                       # the first model is unchanged
+    assert both["other_models"]["model-b"]["setup"]["rows_per_dataset"]["slurs"] == 30
+    domains = (tmp_path / "out" / "tables" / "domains.md").read_text()
+    assert "| model | classifier |" in domains
+    assert domains.count("| model-a |") == domains.count("| model-b |") >= 2
+    layers = (tmp_path / "out" / "tables" / "heatmap_layers.md").read_text()
+    assert "| model-b | 4 |" in layers and "| model-a | 4 |" not in layers    # a row per layer of each model
+    paper = (tmp_path / "out" / "tables" / "detection_paper.md").read_text()
+    assert paper == (tmp_path / "out_a" / "tables" / "detection_paper.md").read_text()   # once, as it is
+    assert (tmp_path / "out" / "figures" / "b" / "pca.png").exists() and (tmp_path / "out" / "figures" / "pca.png").exists()
+    md = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert "beside it, model `model-b`" in md and "![pca](figures/b/pca.png)" in md
+    # the same model twice is refused
+    assert statistic_analysis.main(["--features-dir", str(tmp_path / "a"), "--features-dir", str(tmp_path / "a"),
+                                    "--out-dir", str(tmp_path / "o2"), *FAST, *only]) == 2

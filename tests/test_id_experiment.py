@@ -62,7 +62,7 @@ def prompts_dir(tmp_path):
 def test_ids_equal_naive_count(tiny):
     stock, model, tokenizer = tiny
     prompts = ["w5 w6 w7", "w8 w9 w10 w11 w12 w13 w14 w15 w16", "w17", "w20 w21 w22 w23 w24 w25"]
-    texts = E.format_prompts(tokenizer, prompts)
+    texts = E.format_prompts(tokenizer, prompts, instruction="{prompt}")  # tiny vocabulary
     assert texts[0] == "[BOS] w1 w5 w6 w7 w2 w3"
     enc = E.encode(tokenizer, texts, chat_template=True)  # left-padded batch of different lengths
     assert (enc["attention_mask"][:, 0] == 0).any()
@@ -83,7 +83,7 @@ def test_small_run_writes_csv_table_figure_and_reuses_rows(tiny, prompts_dir, tm
     results = tmp_path / "results"
     argv = ["--category", "asian", "--model", "tiny-llama", "--prompts-dir", str(prompts_dir), "--results-dir",
             str(results), "--n-statements", "2", "--prepend-words", "0,25,50", "--max-new-tokens", "4",
-            "--batch-size", "4"]
+            "--batch-size", "4", "--instruction", "{prompt}"]
     out = E.main(argv, model=model, tokenizer=tokenizer)["asian"]
     csv = results / "asian.csv"
     frame = pd.read_csv(csv, keep_default_na=False)
@@ -107,7 +107,7 @@ def test_small_run_writes_csv_table_figure_and_reuses_rows(tiny, prompts_dir, tm
     assert csv.read_text() == before
     # Another answer length is another experiment: its rows are recomputed.
     monkeypatch.undo()
-    again = E.main(argv[:-4] + ["--max-new-tokens", "2", "--batch-size", "4"], model=model, tokenizer=tokenizer)
+    again = E.main(argv[:-6] + ["--max-new-tokens", "2", "--batch-size", "4", "--instruction", "{prompt}"], model=model, tokenizer=tokenizer)
     assert (again["asian"]["Max New Tokens"] == 2).all() and (again["asian"]["Generated Tokens"] <= 2).all()
 
     figures, tables = tmp_path / "figures", tmp_path / "tables"
@@ -144,7 +144,7 @@ def test_category_switching(tiny, prompts_dir, tmp_path):
 
     results = tmp_path / "results"
     common = ["--model", "tiny-llama", "--prompts-dir", str(prompts_dir), "--results-dir", str(results),
-              "--n-statements", "1", "--prepend-words", "0,25", "--max-new-tokens", "2"]
+              "--n-statements", "1", "--prepend-words", "0,25", "--max-new-tokens", "2", "--instruction", "{prompt}"]
     muslim = E.main(["--category", "muslim", *common], model=model, tokenizer=tokenizer)
     assert list(muslim) == ["muslim"] and sorted(p.name for p in results.glob("*.csv")) == ["muslim.csv"]
     woman = E.main(["--category", "woman", *common], model=model, tokenizer=tokenizer)
@@ -177,3 +177,51 @@ def test_shipped_prompt_files_are_consistent():
             prompts = group.sort_values("Prepend Words")["Prompt"].tolist()
             prefixes = [p[: -len(group["Statement"].iloc[0])].strip() for p in prompts]
             assert all(b.startswith(a) for a, b in zip(prefixes, prefixes[1:]))  # nested: the context only grows
+
+
+def test_two_models_side_by_side_section(tiny, prompts_dir, tmp_path, monkeypatch):
+    """id_plotting.py --model a,b: per-model summaries with refusal statistics, three-colour figures with
+    suffixed names for the non-default model, and one RESULTS.md section with both models."""
+    import toxicity_id_eval
+    _, model, tokenizer = tiny
+    monkeypatch.setattr(toxicity_id_eval, "RESULTS_DIR", tmp_path / "results")
+    common = ["--category", "all", "--prompts-dir", str(prompts_dir), "--n-statements", "2",
+              "--prepend-words", "0,25,50", "--max-new-tokens", "3", "--batch-size", "8", "--instruction", "{prompt}"]
+    # Two "models" (the same tiny one, two instructions): one always refuses, the other never does.
+    monkeypatch.setattr(E, "generate", lambda m, t, ids, mask, n: (["I'm sorry, but I can't assist with that."]
+                                                                 * len(ids), [9] * len(ids)))
+    E.main(common + ["--model", toxicity_id_eval.DEFAULT_MODEL], model=model, tokenizer=tokenizer)
+    monkeypatch.setattr(E, "generate", lambda m, t, ids, mask, n: (["w5 w6 w7"] * len(ids), [3] * len(ids)))
+    E.main(common + ["--model", "other/tiny-model"], model=model, tokenizer=tokenizer)
+    figures, tables, out = tmp_path / "figures", tmp_path / "tables", tmp_path / "out"
+    both = P.main(["--category", "all", "--model", f"{toxicity_id_eval.DEFAULT_MODEL},other/tiny-model",
+                   "--figures-dir", str(figures), "--tables-dir", str(tables), "--out-dir", str(out)])
+    refusing = both[toxicity_id_eval.DEFAULT_MODEL]["categories"]["all"]
+    other = both["other/tiny-model"]["categories"]["all"]
+    assert refusing["bare_refusal"]["k"] == refusing["bare_refusal"]["n"] == 8
+    assert refusing["bare_refusal"]["ci95"][0] > 0.6 and refusing["outcomes"]["refused"] == 24
+    assert refusing["logistic_refusal_vs_context"]["p_lr"] is None  # every answer refused: undefined, said so
+    assert other["n_refusals"] == 0 and "never refused" in other["verdict"]
+    assert (figures / "id_all.png").exists() and (figures / "id_all_other_tiny-model.png").exists()
+    assert (figures / "id_refusal.png").stat().st_size > 10_000
+    section = (out / "results" / "id_refusal.md").read_text()
+    assert section.startswith("## 9. Refusals") and "(other/tiny-model)" in section
+    assert f"refused [95 % CI] ({toxicity_id_eval.DEFAULT_MODEL})" in section
+    assert "100 % [68, 100]" in section and "8/8 = 100 %" in section
+    assert (tables / "id_refusal.tex").exists() and (tables / "id_refusal_fits.md").exists()
+    from cli import UserError
+    with pytest.raises(UserError, match="--results-dir names one model"):
+        P.main(["--model", "a,b", "--results-dir", str(tmp_path)])
+
+
+def test_bad_input_is_one_line(capsys, tmp_path):
+    from cli import run_main
+    assert run_main(E.cli_main, "ID_estimation.py", ["--prepend-words", "0,999", "--prompts-dir",
+                                                     str(B.PROMPTS_DIR), "--category", "asian"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ID_estimation.py: error:") and "no prompts with [999] prepended words" in err
+    assert err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        E.parse_args(["--n-statements", "0"])
+    assert run_main(P.cli_main, "id_plotting.py", ["--category", "asian", "--results-dir", str(tmp_path)]) == 2
+    assert "not found: run `python ID_estimation.py --category asian` first" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 import re
 from pathlib import Path
 
-DEFAULT_MODEL = "smollm2-135m"
+# The ID experiment's default: the embedded chat model that refuses (SmolLM2-135M-Instruct almost never does).
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
