@@ -664,11 +664,7 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # an error stays one line on stderr
     from model_loading import load_model, load_tokenizer
-    try:
-        tokenizer = load_tokenizer(args.model)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load model {args.model!r} ({str(error).splitlines()[0]}): pass an embedded name "
-                        "(smollm2-135m), a local folder or a .gguf file") from None
+    tokenizer = load_tokenizer(args.model)  # an unknown model is a UserError there, naming what was tried
     model = load_model(args.model)
     n_layers = model.config.num_hidden_layers
     if not 0 <= args.insert_layer < n_layers:

@@ -760,11 +760,8 @@ def main(argv=None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     with output_lock(folder, f"the SEA cache {folder}"):
         began, cpu = time.perf_counter(), time.process_time()
-        try:
-            model, tok = load_model(args.model), load_tokenizer(args.model)
-        except OSError as error:  # FileNotFoundError included: no such folder, file or hub id offline
-            raise UserError(f"cannot load the model {args.model!r} ({error}): pass an embedded name such as "
-                            f"{MODEL}, a local folder or a .gguf file") from None
+        # An unknown model is a UserError in model_loading, naming what was tried.
+        model, tok = load_model(args.model), load_tokenizer(args.model)
         model.eval()
         cfg = settings(args, hooks.num_layers(model))
         print(f"spectral_editing: {args.task} on {args.model}, layers {cfg['layers'][0]}-{cfg['layers'][-1]}",

@@ -256,7 +256,7 @@ CLI_CASES = [
     (["--feature", "linear"], "argument --feature: invalid choice: 'linear'"),
     (["--site", "attention"], "argument --site: invalid choice: 'attention'"),
     (["--full", "--quick"], "--full and --quick contradict each other"),
-    (["--model", "/nonexistent/model"], "cannot load the model '/nonexistent/model'"),
+    (["--model", "/nonexistent/model"], "there is no folder or file /nonexistent/model"),
     (["--layers", "40"], "layers [40] out of range: the model has 30 layers"),
 ]
 

@@ -273,7 +273,7 @@ def _bad_cli_cases(tiny, tmp):
         (["--prompt", "w1", "--placeholders", "0"], "is not a positive integer"),
         (["--prompt", "w1", "--layers", "two"], "bad layer spec"),
         (["--prompt", " ", "--model", tiny], "--prompt is empty"),
-        (["--prompt", "w1", "--model", str(tmp / "no-such-model")], "cannot load model"),
+        (["--prompt", "w1", "--model", str(tmp / "no-such-model")], "there is no folder or file"),
         (["--prompt", "w1", "--model", tiny, "--insert-layer", "4"], "--insert-layer 4 is out of range"),
         (["--prompt", "w1", "--model", tiny, "--layers", "9"], "--layers 9 is out of range"),
         (["--prompt", "w1 w2", "--raw", "--model", tiny, "--tokens", "5"], "does not fit a prompt of 2 tokens"),
