@@ -9,6 +9,7 @@ features made with other settings, after a constant was edited, are extracted ag
   2. extract spline features + ID of a seeded sample of each dataset, all layers (features/<model>/)
      and, for the toxicity detector's latency, the first 3 layers with early exit (layers0-2/)
   3. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories
+  3b. same_genre.py: same-genre toxicity (insults, talkdown) and the richer spline features (issue 16)
   4. statistic_analysis.py: every table and figure, results.json and RESULTS.md
 Settings are the constants below (edit and rerun, as in nanoGPT), or flags.
 """
@@ -35,6 +36,9 @@ MAX_LENGTH = 128        # tokens; the paper's 1024 costs ~8x more on a CPU (use 
 BATCH_SIZE = 16
 SEED = 0
 FEATURES_DIR = "features"
+# The full-model files carry the paper's 7 per layer (unchanged) plus every richer candidate group, so that
+# same_genre.py scores them on the paper's tasks too; the early-exit files stay on the paper's path.
+FEATURE_SET = "candidates"
 QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick features never mix with full ones
 
 
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=MODEL)
     p.add_argument("--sample", type=int, default=None, help=f"texts per dataset (default {SAMPLE})")
     p.add_argument("--max-length", type=int, default=None, help=f"tokens (default {MAX_LENGTH})")
-    p.add_argument("--skip", default="", help="comma list of steps to skip: data,features,analysis,id")
+    p.add_argument("--skip", default="", help="comma list of steps to skip: data,features,analysis,id,same_genre")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sample = args.sample or (QUICK["SAMPLE"] if args.quick else SAMPLE)
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
         for name in DATASETS:
             extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
                              batch_size=BATCH_SIZE, save_hidden=True, features_dir=features_dir,
-                             replace_stale=True)
+                             replace_stale=True, features=FEATURE_SET)
         for name in DATASETS:  # the 3-layer detector's own (early-exit) latency
             extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
                              batch_size=BATCH_SIZE, layers=f"0-{EARLY_EXIT_LAYERS - 1}", with_id=False, features_dir=features_dir,
@@ -93,6 +97,12 @@ def main(argv=None) -> int:
         call(["ID_estimation.py", "--category", "all", "--model", args.model] + quick)
         call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick)
         timings["id"] = time.perf_counter() - t
+
+    if "same_genre" not in skip:
+        t = step("same-genre toxicity and richer spline features (issue 16)")
+        # The paper's tasks are read from this run's features/<model>/ files (a note when they are missing).
+        call(["same_genre.py", "--model", args.model, "--features-dir", features_dir] + quick)
+        timings["same_genre"] = time.perf_counter() - t
 
     if "analysis" not in skip:
         t = step("4/4 statistic_analysis.py (RESULTS.md includes the ID experiment)")
