@@ -307,7 +307,10 @@ def report(cfg, results: dict, out_dir: Path) -> str:
     if results.get("paper_note"):
         notes.append(f"Paper tasks not scored: {results['paper_note']}.")
     else:
-        notes.append(f"Paper tasks: the main job's feature files ({n['domains']} / {n['domains+comments']} prompts), "
+        src = results["paper_source"]
+        notes.append(f"Paper tasks (statistic_analysis's embedded preset: rtp toxic + slurs vs 5 clean domains, then "
+                     f"+ clean comments): feature files of {src['folder']} ({src['sample_per_dataset']} texts per dataset, "
+                     f"cut at {src['max_length']} tokens; {n['domains']} / {n['domains+comments']} prompts), "
                      f"{cfg['FOLDS']}-fold CV, mean ± std.")
     notes += results["verdict"]
     table = Table("same_genre", "Same-genre toxicity: richer spline features vs the hidden-state probe and "
@@ -357,13 +360,16 @@ def configure(argv):
                    "(default <features-dir>/<model>)")
     p.add_argument("--out-dir", help="where tables/ and results/ go (default the repository root)")
     p.add_argument("--no-timing", action="store_true", help="skip the extraction-time measurement")
+    p.add_argument("--timing-prompts", type=positive_int, help=f"prompts timed per feature set (default {TIMING_PROMPTS})")
+    p.add_argument("--timing-repeats", type=positive_int, help=f"timed passes, best kept (default {TIMING_REPEATS})")
     args = p.parse_args(argv)
     cfg = {k: v for k, v in globals().items() if k.isupper() and k not in ("ROOT", "QUICK")}
     if args.quick:
         cfg.update(QUICK)
     for flag, name in (("model", "MODEL"), ("per_side", "PER_SIDE"), ("cross_per_side", "CROSS_PER_SIDE"),
                        ("max_length", "MAX_LENGTH"), ("folds", "FOLDS"), ("features_dir", "FEATURES_DIR"),
-                       ("paper_features", "PAPER_FEATURES"), ("out_dir", "OUT_DIR")):
+                       ("paper_features", "PAPER_FEATURES"), ("out_dir", "OUT_DIR"),
+                       ("timing_prompts", "TIMING_PROMPTS"), ("timing_repeats", "TIMING_REPEATS")):
         if getattr(args, flag) is not None:
             cfg[name] = getattr(args, flag)
     if cfg["FOLDS"] < 2:
@@ -408,6 +414,11 @@ def main(argv=None) -> int:
             break
         paper_blocks[key] = block
         results["sizes"][key] = len(block)
+    if paper_blocks:
+        from feature_io import read_feature_metadata
+        info = read_feature_metadata(paper_folder / f"{cfg['PAPER_CLEAN'][0]}.parquet")
+        results["paper_source"] = {"folder": str(paper_folder), "max_length": info["max_length"],
+                                   "sample_per_dataset": info["settings"].get("sample")}
     t = time.perf_counter()
     for key, (label, groups, fit_score) in scorers.items():
         n_features = None if groups is None else int(same.matrix(groups).shape[1])
