@@ -268,6 +268,24 @@ def time_sets(cfg, texts) -> dict:
     return out
 
 
+def cached_timing(cfg, frame: pd.DataFrame, folder: Path) -> tuple[dict, int]:
+    """time_sets on a seeded draw of the same-genre texts, cached in folder/timing.json per setting (a
+    rerun reuses it; --only-timing measures it apart from the rest, e.g. while the extraction runs)."""
+    import json
+    texts = frame["text"].sample(n=min(cfg["TIMING_PROMPTS"], len(frame)), random_state=cfg["SEED"]).tolist()
+    key = json.dumps([cfg["MODEL"], cfg["MAX_LENGTH"], cfg["BATCH_SIZE"], cfg["TIMING_REPEATS"], texts])
+    path = folder / "timing.json"
+    with output_lock(path, "the extraction-time cache"):
+        cache = json.loads(path.read_text()) if path.exists() else {}
+        if cache.get("key") != key:
+            log(f"same_genre: timing the extraction of each feature set on {len(texts)} prompts")
+            cache = {"key": key, "timing": time_sets(cfg, texts), "n": len(texts)}
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(json.dumps(cache))
+            partial.replace(path)
+    return cache["timing"], cache["n"]
+
+
 # ----------------------------------------------------------------------------- report
 def _fmt(metrics, key="roc_auc", std=True):
     from analysis.report import pct
@@ -360,6 +378,8 @@ def configure(argv):
                    "(default <features-dir>/<model>)")
     p.add_argument("--out-dir", help="where tables/ and results/ go (default the repository root)")
     p.add_argument("--no-timing", action="store_true", help="skip the extraction-time measurement")
+    p.add_argument("--only-timing", action="store_true",
+                   help="only measure (and cache) the extraction time per feature set, then stop")
     p.add_argument("--timing-prompts", type=positive_int, help=f"prompts timed per feature set (default {TIMING_PROMPTS})")
     p.add_argument("--timing-repeats", type=positive_int, help=f"timed passes, best kept (default {TIMING_REPEATS})")
     args = p.parse_args(argv)
@@ -378,6 +398,9 @@ def configure(argv):
         raise UserError(f"--folds {cfg['FOLDS']} is more than the texts per class ({cfg['PER_SIDE']}); "
                         "lower --folds or raise --per-side")
     cfg["TIMING"] = not args.no_timing
+    cfg["ONLY_TIMING"] = args.only_timing
+    if args.only_timing and args.no_timing:
+        raise UserError("--only-timing and --no-timing contradict each other: pass one of them")
     return cfg
 
 
@@ -395,6 +418,9 @@ def main(argv=None) -> int:
                         "files (e.g. features/smollm2-135m) or leave the flag out")
     folder.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
+    if cfg["ONLY_TIMING"]:
+        cached_timing(cfg, same_genre_inputs(cfg)[cfg["SAME_GENRE"]], folder)
+        return 0
     with output_lock(folder, "the same-genre feature files"):
         frames = same_genre_inputs(cfg)
         log(f"same_genre: extracting {', '.join(f'{k} ({len(v)} texts)' for k, v in frames.items())} -> {folder}")
@@ -433,9 +459,7 @@ def main(argv=None) -> int:
     results["classifier_s"] = time.perf_counter() - t
     results["timing"], results["timing_prompts"] = {}, 0
     if cfg["TIMING"]:
-        texts = frames[cfg["SAME_GENRE"]]["text"].sample(n=min(cfg["TIMING_PROMPTS"], len(same)),
-                                                           random_state=cfg["SEED"]).tolist()
-        results["timing"], results["timing_prompts"] = time_sets(cfg, texts), len(texts)
+        results["timing"], results["timing_prompts"] = cached_timing(cfg, frames[cfg["SAME_GENRE"]], folder)
     results["verdict"] = verdict(cfg, results)
     log(report(cfg, results, out_dir))
     log(f"same_genre: done in {time.perf_counter() - began:.1f} s (extraction {extraction_s:.1f} s)")

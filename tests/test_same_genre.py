@@ -57,6 +57,9 @@ def test_end_to_end_on_a_tiny_model(tmp_path, tiny_llama_dir, monkeypatch):
     assert results["tasks"]["same_genre"]["tfidf"]["roc_auc"]["mean"] > 0.9
     assert set(results["timing"]) >= {"paper", "paper_id", "hidden", "extended", "candidates"}
     assert all(t["cpu_s_per_prompt"] > 0 for t in results["timing"].values())
+    # The timing is cached per setting: --only-timing finds it and measures nothing again.
+    monkeypatch.setattr(same_genre, "time_sets", lambda *a: pytest.fail("timed again"))
+    assert same_genre.main(argv + ["--only-timing"]) == 0
     # A rerun reuses the cached feature files (no model load for them) and gives the same numbers.
     monkeypatch.setattr("extract_features._run", lambda *a, **k: pytest.fail("features were extracted again"))
     assert same_genre.main(argv + ["--no-timing"]) == 0
@@ -68,6 +71,7 @@ def test_end_to_end_on_a_tiny_model(tmp_path, tiny_llama_dir, monkeypatch):
     (["--folds", "1"], "cross-validation needs at least 2 folds; pass --folds 2 or more"),
     (["--folds", "500"], "--folds 500 is more than the texts per class (400); lower --folds or raise --per-side"),
     (["--paper-features", "/nonexistent/features"], "--paper-features /nonexistent/features is not a folder"),
+    (["--only-timing", "--no-timing"], "--only-timing and --no-timing contradict each other"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, message, capsys):
     assert run_main(same_genre.main, "same_genre.py", argv) == 2
