@@ -347,6 +347,7 @@ def report(cfg, results: dict, out_dir: Path) -> str:
 
 
 def verdict(cfg, results) -> list[str]:
+    from analysis.baselines import SHORTCUT_MARGIN
     tasks = results["tasks"]
     auc = lambda task, key: tasks.get(task, {}).get(key, {}).get("roc_auc", {}).get("mean")  # noqa: E731
     lines = []
@@ -356,6 +357,13 @@ def verdict(cfg, results) -> list[str]:
         lines.append(f"Goal (extended set within {cfg['GOAL_GAP']:.2f} ROC-AUC of the hidden-state probe on the "
                      f"same-genre task): {'met' if gap <= cfg['GOAL_GAP'] else 'NOT met'}: probe {100 * hid:.2f} %, "
                      f"extended {100 * ext:.2f} % (gap {100 * gap:.2f} points), paper set {100 * pap:.2f} %.")
+    for task in ("same_genre", "domains", "domains+comments"):
+        p = auc(task, "paper")
+        for key in ("length_only", "surface"):
+            b = auc(task, key)
+            if None not in (p, b) and b >= p - SHORTCUT_MARGIN:
+                lines.append(f"SHORTCUT ({task}): {results['sets'][key]['label']} reaches {100 * b:.2f} % ROC-AUC, within "
+                             f"{100 * SHORTCUT_MARGIN:.0f} points of the paper set ({100 * p:.2f} %).")
     for task in ("domains", "domains+comments"):
         e, p = auc(task, "extended"), auc(task, "paper")
         if None not in (e, p):
