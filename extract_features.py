@@ -3,6 +3,7 @@
     python extract_features.py --model smollm2-135m --texts FILE --out OUT.parquet
     python extract_features.py --dataset rtp                  # a named dataset of data/
     python extract_features.py --dataset rtp --layers 0-2     # early exit after layer 2
+    python extract_features.py --dataset insults --features extended   # + the richer set of issue 16
 
 FILE is .txt (one text per line), .csv, .jsonl or .parquet; --text-column names the text column
 (default ``text``) and every other column passes through to the output. Prompts are tokenised
@@ -39,7 +40,8 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from cli import (UserError, layer_spec, non_negative_int, output_lock, parse_layer_spec, positive_int,  # noqa: E402
                  run_main)
-from feature_io import FeatureWriter, feature_names, merge_feature_files  # noqa: E402
+from feature_io import (FEATURE_SETS, FeatureWriter, extended_feature_names, feature_names,  # noqa: E402
+                        merge_feature_files)
 from input_spool import TOKENS, chunks, input_texts, read_chunk, set_column, spool_input  # noqa: E402
 
 log = logging.getLogger("extract_features")
@@ -52,6 +54,7 @@ FLUSH_EVERY = 256      # prompts per part file: at most this much work is redone
 CHUNK_SIZE = 512       # prompts read, tokenised and extracted at a time: memory is O(chunk), not O(input)
 PADDING_SIDE = "right"
 FEATURES_DIR = Path("features")
+FEATURES = "paper"     # paper (7 per layer) | extended (+ the chosen richer set) | candidates (every group)
 LINE_BREAKS = "\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]"  # str.splitlines()' breaks
 
 
@@ -181,7 +184,7 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
                      limit: int | None = None, sample: int | None = None, seed: int = 0,
                      text_column: str = "text", padding_side: str = PADDING_SIDE,
                      overwrite: bool = False, replace_stale: bool = False, progress: bool = True, flush_every: int = FLUSH_EVERY,
-                     features_dir=FEATURES_DIR, chunk_size: int = CHUNK_SIZE) -> Path:
+                     features_dir=FEATURES_DIR, chunk_size: int = CHUNK_SIZE, features: str = FEATURES) -> Path:
     """Extract features of ``texts`` (a file path, a DataFrame or a list of strings) or of ``dataset``.
 
     Returns the path of the finished parquet file. An output (or interrupted run) with the same
@@ -206,6 +209,9 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
     check_device(device)  # a device that is not there is refused by name before anything is read or loaded
     if out is not None and Path(out).is_dir():
         raise UserError(f"--out {out} is a directory; give the output file, e.g. {Path(out) / 'NAME.parquet'}")
+    if features not in FEATURE_SETS:
+        raise UserError(f"features must be one of {list(FEATURE_SETS)}, got {features!r}")
+    groups = FEATURE_SETS[features]
     if dataset is not None:
         from data import load_dataset
         source, origin = load_dataset(dataset), f"dataset {dataset!r}"
@@ -249,6 +255,8 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
                     "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
                     "padding_side": padding_side, "input": origin, "limit": limit, "sample": sample,
                     "seed": seed, "n_input_rows": len(selected), "input_sha1": fingerprint}
+        if groups:  # only then: a paper-set run keeps the settings (and the files) it always had
+            settings["features"] = features
 
         if world > 1:
             selected = selected[rank::world]
@@ -291,7 +299,7 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
                     log.warning("skipping %d texts that tokenise to no tokens", plan["no_tokens"])
                 net = load_model(model, dtype=torch_dtype, device=device, device_map=device_map)
                 _run(net, plan["pad_id"], padding_side, plan["files"], plan["n_rows"], writer, layers,
-                     batch_size, with_id, save_hidden, progress, flush_every, desc=name)
+                     batch_size, with_id, save_hidden, progress, flush_every, desc=name, groups=groups)
                 metadata = {"model": str(model), "model_class": type(net).__name__, "n_layers_total": n_layers_total,
                             "layers": layers, "feature_names": feature_names(layers), "dtype": settings["dtype"],
                             "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
@@ -300,6 +308,9 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
                             "device": str(next(net.parameters()).device), "batch_size": batch_size,
                             "torch": torch.__version__, "transformers": transformers.__version__,
                             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                if groups:
+                    metadata.update(feature_set=features, feature_groups=list(groups),
+                                    extended_feature_names=extended_feature_names(layers, groups))
                 writer.finish(metadata)  # removes OUT.parts/, the spooled input with it
             finally:
                 shutil.rmtree(spool, ignore_errors=True)
@@ -349,13 +360,14 @@ def pad_batch(rows, pad_id: int, padding_side: str = "right") -> tuple[torch.Ten
 
 
 def _run(model, pad_id: int, padding_side: str, files: list[Path], n_rows: int, writer: FeatureWriter, layers,
-         batch_size, with_id, save_hidden, progress, flush_every, desc) -> None:
+         batch_size, with_id, save_hidden, progress, flush_every, desc, groups=()) -> None:
     """Extract the spooled rows (longest first) a chunk at a time: run padded batches, write parts."""
     if not n_rows:
         return
     rows, warmed = None, False
     pending_rows = []
-    pending = {key: [] for key in ("spline_features", "intrinsic_dimension", "hidden_mean", "latency_s")}
+    pending = {key: [] for key in ("spline_features", "intrinsic_dimension", "hidden_mean", "extended_features",
+                                   "latency_s")}
 
     def flush():
         if not pending_rows:
@@ -363,6 +375,8 @@ def _run(model, pad_id: int, padding_side: str, files: list[Path], n_rows: int, 
         arrays = {"spline_features": np.concatenate(pending["spline_features"]),
                   "intrinsic_dimension": np.concatenate(pending["intrinsic_dimension"]) if with_id else None,
                   "hidden_mean": np.concatenate(pending["hidden_mean"]) if save_hidden else None}
+        if groups:  # a paper-set file gets no such column (its parts stay byte-identical)
+            arrays["extended_features"] = np.concatenate(pending["extended_features"])
         done = set_column(rows.take(pa.array(np.concatenate(pending_rows))), "latency_s",
                           np.concatenate(pending["latency_s"]))
         writer.write(done, arrays)
@@ -390,13 +404,13 @@ def _run(model, pad_id: int, padding_side: str, files: list[Path], n_rows: int, 
                 # One untimed warm-up pass, so the first batch's latency is not inflated by lazy initialisation.
                 first = torch.tensor(ids[0][:8], dtype=torch.long)[None]
                 model.spline_recorder.run(first, torch.ones_like(first, dtype=torch.bool), layers, with_id,
-                                          save_hidden)
+                                          save_hidden, groups)
                 warmed = True
             for start in range(0, len(ids), batch_size):
                 batch = np.arange(start, min(start + batch_size, len(ids)))
                 input_ids, mask = pad_batch([ids[i] for i in batch], pad_id, padding_side)
                 began = time.perf_counter()
-                result = model.spline_recorder.run(input_ids, mask, layers, with_id, save_hidden)
+                result = model.spline_recorder.run(input_ids, mask, layers, with_id, save_hidden, groups)
                 spline = result["spline"].flatten(1).float().cpu().numpy()  # the one host transfer per batch
                 elapsed = time.perf_counter() - began
                 pending_rows.append(batch)
@@ -405,6 +419,8 @@ def _run(model, pad_id: int, padding_side: str, files: list[Path], n_rows: int, 
                     pending["intrinsic_dimension"].append(result["ids"].cpu().numpy().astype(np.int32))
                 if save_hidden:
                     pending["hidden_mean"].append(result["hidden"].float().cpu().numpy())
+                if groups:
+                    pending["extended_features"].append(result["extended"].flatten(1).float().cpu().numpy())
                 pending["latency_s"].append(np.full(len(batch), elapsed / len(batch)))
                 bar.update(len(batch))
                 if trim:
@@ -445,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'auto' shards the model over all GPUs (accelerate)")
     p.add_argument("--padding-side", default=PADDING_SIDE, choices=["left", "right"])
     p.add_argument("--no-id", action="store_true", help="skip the attention intrinsic dimension")
+    p.add_argument("--features", default=FEATURES, choices=list(FEATURE_SETS),
+                   help="paper: the 7 statistics per layer (default); extended: plus the richer set chosen in "
+                        "issue 16 (see RESULTS.md, same_genre section); candidates: plus every richer group")
     p.add_argument("--save-hidden", action="store_true",
                    help="also store the mean-pooled MLP input of the deepest layer (for the hidden-state probe)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N texts")
@@ -468,7 +487,7 @@ def main(argv=None) -> int:
                             seed=args.seed, text_column=args.text_column,
                             padding_side=args.padding_side, overwrite=args.overwrite,
                             progress=not args.no_progress, flush_every=args.flush_every,
-                            features_dir=args.features_dir, chunk_size=args.chunk_size)
+                            features_dir=args.features_dir, chunk_size=args.chunk_size, features=args.features)
     print(path)
     return 0
 

@@ -7,6 +7,9 @@ return input order), and the columns
   spline_features      fixed-size list of 7*L float32, layer-major, stats in FEATURE_STATS order
   intrinsic_dimension  fixed-size list of L int32 (absent when the run used --no-id)
   hidden_mean          fixed-size list of float32 (optional: mean-pooled MLP input of the deepest layer)
+  extended_features    fixed-size list of float32 (``--features extended|candidates`` only): the richer
+                       geometric statistics of FEATURE_GROUPS, layer-major, named in the metadata
+                       (``extended_feature_names``); the paper's 7 per layer stay in spline_features
   ...                  every other input column (labels, source, ...) passed through unchanged
 and the run's settings as JSON in the parquet schema metadata under ``spline_geometry``.
 
@@ -36,12 +39,33 @@ from cli import UserError  # noqa: E402
 FEATURE_STATS = ("frac_mean", "frac_min", "frac_max", "frac_std", "dist_min", "dist_mean", "dist_std")
 METADATA_KEY = b"spline_geometry"
 log = logging.getLogger("feature_io")
-LIST_COLUMNS = ("spline_features", "intrinsic_dimension", "hidden_mean")
+LIST_COLUMNS = ("spline_features", "intrinsic_dimension", "hidden_mean", "extended_features")
+
+# Richer statistics of the same gate pre-activations (issue 16), per layer, in this order. spline_stats.py
+# computes them; the names live here so that the analysis reads them without torch.
+QUANTILES = (0.1, 0.5, 0.9)   # of the per-token active fraction and distance (numpy's 'linear' rule)
+LAST_TOKENS = 4               # mean of frac and dist over the prompt's last 4 real tokens (fewer if shorter)
+REGION_DIMS = 8               # fixed random projection of the per-unit activation frequencies
+REGION_SEED = 0               # seeds the projection (with the layer index): every file shares it
+FEATURE_GROUPS = {
+    "quantiles": tuple(f"{s}_q{round(100 * q)}" for s in ("frac", "dist") for q in QUANTILES),
+    "last": (f"frac_last{LAST_TOKENS}", f"dist_last{LAST_TOKENS}"),
+    "regions": tuple(f"region{j}" for j in range(REGION_DIMS)),
+}
+# --features: the paper's 7 per layer alone; the chosen compact set (issue 16's comparison, see
+# same_genre.py and RESULTS.md); every candidate group (for that comparison).
+FEATURE_SETS = {"paper": (), "extended": ("regions",), "candidates": tuple(FEATURE_GROUPS)}
 
 
 def feature_names(layers) -> list[str]:
     """Names of the 7*L columns, layer-major: ``L{layer}.{stat}``."""
     return [f"L{layer}.{stat}" for layer in layers for stat in FEATURE_STATS]
+
+
+def extended_feature_names(layers, groups) -> list[str]:
+    """Names of the extended columns of ``groups`` (in FEATURE_GROUPS order), layer-major."""
+    stats = [s for g in FEATURE_GROUPS if g in groups for s in FEATURE_GROUPS[g]]
+    return [f"L{layer}.{stat}" for layer in layers for stat in stats]
 
 
 class RunMismatchError(UserError):
@@ -215,8 +239,10 @@ def load_features(path):
     Returns ``(spline, ids, meta)``: spline float32 [N, L, 7], ids int32 [N, L] (None when the
     run had no ID), and a DataFrame of every non-list column (text, labels, n_tokens, ...).
     """
-    # The widest column, the pooled hidden states, is left to load_hidden: not decoded to be dropped.
-    table = pq.read_table(path, columns=[c for c in pq.read_schema(path).names if c != "hidden_mean"])
+    # The widest columns (pooled hidden states, extended statistics) are left to load_hidden and
+    # load_extended: not decoded to be dropped.
+    table = pq.read_table(path, columns=[c for c in pq.read_schema(path).names
+                                         if c not in ("hidden_mean", "extended_features")])
     order = table.column("row_id").to_numpy()
     if len(order) and (np.diff(order) < 0).any():  # files keep extraction order; return input order
         table = table.take(np.argsort(order, kind="stable"))
@@ -237,6 +263,16 @@ def load_hidden(path) -> np.ndarray | None:
     table = pq.read_table(path, columns=["row_id", "hidden_mean"])
     hidden = _matrix(table.column("hidden_mean"), np.float32)
     return hidden[np.argsort(table.column("row_id").to_numpy(), kind="stable")]
+
+
+def load_extended(path) -> tuple[np.ndarray, list[str]] | tuple[None, None]:
+    """The extended statistics [N, F] (input order) and their names, or (None, None) for a paper file."""
+    if "extended_features" not in pq.read_schema(path).names:
+        return None, None
+    table = pq.read_table(path, columns=["row_id", "extended_features"])
+    matrix = _matrix(table.column("extended_features"), np.float32)
+    names = read_feature_metadata(path)["extended_feature_names"]
+    return matrix[np.argsort(table.column("row_id").to_numpy(), kind="stable")], names
 
 
 def merge_feature_files(paths, out_path) -> Path:

@@ -20,8 +20,10 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from hooks import StopForward, TraceDict, UnsupportedArchitecture  # noqa: F401 (re-exported)
+from feature_io import FEATURE_GROUPS
 from hooks import decoder_layers as _decoder_layers
-from spline_stats import last_token_attention_id, partition_statistics
+from spline_stats import (extended_statistics, last_token_attention_id, partition_statistics, region_projection,
+                          token_series)
 
 # Name of the first MLP map in each family, most specific first. Its output is the
 # pre-activation h whose sign pattern is the spline's region (the gate for gated MLPs).
@@ -71,6 +73,7 @@ class SplineRecorder:
         self.n_layers = len(self.layers)
         self.gates = [find_gate(layer, i) for i, layer in enumerate(self.layers)]
         self._inv_norms: dict[int, tuple] = {}
+        self._projections: dict[int, torch.Tensor] = {}
         self._active = None  # the state of the forward pass in flight, or None
         names = {module: name for name, module in model.named_modules()}
         self._gate_index = {names[gate]: i for i, gate in enumerate(self.gates)}  # traced name -> layer
@@ -99,7 +102,19 @@ class SplineRecorder:
         state = self._active
         index = self._gate_index[name]
         mask = state["mask"].to(output.device, non_blocking=True)
-        state["spline"][index] = partition_statistics(output, self._inv_norm(index), mask)
+        groups = state["groups"]
+        if not groups:  # the paper's set: exactly the path it always had
+            state["spline"][index] = partition_statistics(output, self._inv_norm(index), mask)
+            return
+        series = token_series(output, self._inv_norm(index))  # shared by both sets: computed once
+        state["spline"][index] = partition_statistics(output, self._inv_norm(index), mask, series)
+        projection = None
+        if "regions" in groups:
+            projection = self._projections.get(index)
+            if projection is None or projection.device != output.device:
+                projection = region_projection(output.shape[-1], index).to(output.device)
+                self._projections[index] = projection
+        state["extended"][index] = extended_statistics(output, series, mask, groups, projection)
 
     def _pool_input(self, x: torch.Tensor, name: str) -> None:
         """Trace callback on the deepest gate: mean over real tokens of the MLP's (normed) input."""
@@ -144,12 +159,17 @@ class SplineRecorder:
     # -- one batch -------------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers=None, with_id: bool = True,
-            pool_hidden: bool = False) -> dict:
+            pool_hidden: bool = False, groups=()) -> dict:
         """Features of one padded batch (left or right padding).
 
-        Returns ``{"spline": [B, L, 7] float32, "ids": [B, L] int32 or None, "hidden": [B, d] or None}``
-        on the device of the first layer, for the requested ``layers`` (default all, in order).
+        Returns ``{"spline": [B, L, 7] float32, "ids": [B, L] int32 or None, "hidden": [B, d] or None,
+        "extended": [B, L, F] float32 or None}`` on the device of the first layer, for the requested
+        ``layers`` (default all, in order); ``groups`` names the extended statistics to add (feature_io's
+        FEATURE_GROUPS, e.g. ``FEATURE_SETS["extended"]``; none by default).
         """
+        unknown = [g for g in groups if g not in FEATURE_GROUPS]
+        if unknown:
+            raise ValueError(f"unknown feature groups {unknown}: choose among {list(FEATURE_GROUPS)}")
         layers = list(range(self.n_layers)) if layers is None else sorted(set(int(i) for i in layers))
         if not layers or layers[0] < 0 or layers[-1] >= self.n_layers:
             raise ValueError(f"layers must be within 0..{self.n_layers - 1}, got {layers}")
@@ -162,7 +182,7 @@ class SplineRecorder:
         last_pos = n_tokens - 1 - mask.flip(1).int().argmax(dim=1)
         state = {"mask": mask, "last_pos": last_pos, "wanted": set(layers), "deepest": layers[-1],
                  "with_id": with_id, "pool_hidden": pool_hidden, "spline": {}, "ids": {}, "hidden": None,
-                 "allowed": {}}
+                 "allowed": {}, "groups": tuple(groups), "extended": {}}
         # Positions count real tokens only, so a left-padded prompt sees the positions it has alone.
         position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
         self._active = state
@@ -184,7 +204,8 @@ class SplineRecorder:
                 "interface, so the ID cannot be recorded for it: pass with_id=False (--no-id).")
         spline = torch.stack([state["spline"][i].to(device) for i in layers], dim=1)
         ids = torch.stack([state["ids"][i].to(device) for i in layers], dim=1) if with_id else None
-        return {"spline": spline, "ids": ids, "hidden": state["hidden"]}
+        extended = torch.stack([state["extended"][i].to(device) for i in layers], dim=1) if groups else None
+        return {"spline": spline, "ids": ids, "hidden": state["hidden"], "extended": extended}
 
 
 def _attention_wrapper(base: str):

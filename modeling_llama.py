@@ -24,14 +24,16 @@ class SplineModelMixin:
         instrument(self)
 
     def spline_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers=None,
-                        with_id: bool = True, pool_hidden: bool = False) -> dict:
-        """``{"spline": [B, L, 7], "ids": [B, L] or None, "hidden": [B, d] or None}`` for one batch.
+                        with_id: bool = True, pool_hidden: bool = False, groups=()) -> dict:
+        """``{"spline": [B, L, 7], "ids": [B, L] or None, "hidden": [B, d] or None, "extended": [B, L, F]
+        or None}`` for one batch.
 
         ``layers``: indices to keep (default all); the forward pass ends after the deepest one.
         ``with_id``: also the attention ID of the last real token per layer.
         ``pool_hidden``: also the mean over real tokens of the deepest layer's MLP input.
+        ``groups``: extended statistics to add (feature_io.FEATURE_GROUPS; ``FEATURE_SETS["extended"]``).
         """
-        return self.spline_recorder.run(input_ids, attention_mask, layers, with_id, pool_hidden)
+        return self.spline_recorder.run(input_ids, attention_mask, layers, with_id, pool_hidden, groups)
 
 
 class SplineLlamaForCausalLM(SplineModelMixin, LlamaForCausalLM):

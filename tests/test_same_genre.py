@@ -1,0 +1,95 @@
+"""same_genre.py end to end on a tiny random model (synthetic same-genre sets), and its bad input."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import same_genre  # noqa: E402
+from cli import UserError, run_main  # noqa: E402
+from extract_features import extract_features  # noqa: E402
+from tiny_models import random_prompts  # noqa: E402
+
+
+def synthetic(n_per_side, seed):
+    """Toxic texts contain the word w7 (a signal the model's features can carry), clean ones do not."""
+    texts = [t.replace("w7", "w8") for t in random_prompts(4 * n_per_side, seed=seed, lo=3, hi=10)]
+    clean = list(dict.fromkeys(texts))[:n_per_side]
+    toxic = [t + " w7 w7" for t in list(dict.fromkeys(texts))[n_per_side:2 * n_per_side]]
+    return pd.DataFrame({"text": clean + toxic, "toxic": [0] * n_per_side + [1] * n_per_side, "subset": "synthetic"})
+
+
+def test_end_to_end_on_a_tiny_model(tmp_path, tiny_llama_dir, monkeypatch):
+    monkeypatch.setattr(same_genre, "same_genre_inputs", lambda cfg: {
+        cfg["SAME_GENRE"]: synthetic(cfg["PER_SIDE"], 0), cfg["CROSS"]: synthetic(cfg["CROSS_PER_SIDE"], 1)})
+    # The paper's tasks from a small folder of candidate-feature files (toxic, clean, clean comments).
+    paper = tmp_path / "paper"
+    for name, df in (("tox", synthetic(12, 2).assign(toxic=1)), ("dom", synthetic(12, 3).assign(toxic=0)),
+                     ("com", synthetic(6, 4))):
+        extract_features(df, out=paper / f"{name}.parquet", model=str(tiny_llama_dir), features="candidates",
+                         save_hidden=True, progress=False)
+    monkeypatch.setattr(same_genre, "PAPER_TOXIC", ["tox:toxic"])
+    monkeypatch.setattr(same_genre, "PAPER_CLEAN", ["dom"])
+    monkeypatch.setattr(same_genre, "PAPER_COMMENTS", ["com:clean"])
+    out = tmp_path / "out"
+    argv = ["--quick", "--model", str(tiny_llama_dir), "--per-side", "20", "--cross-per-side", "12", "--folds", "2",
+            "--features-dir", str(tmp_path / "features"), "--paper-features", str(paper), "--out-dir", str(out)]
+    assert same_genre.main(argv) == 0
+    results = json.loads((out / "results" / "same_genre.json").read_text())
+    assert (out / "tables" / "same_genre.md").exists() and (out / "tables" / "same_genre.tex").exists()
+    section = (out / "results" / "same_genre.md").read_text()
+    assert section.startswith("## Same-genre toxicity") and "hidden-state probe" in section
+    sets = results["sets"]
+    assert sets["paper"]["n_features"] == 4 * 7 and sets["extended"]["n_features"] == 4 * (7 + 8)
+    assert sets["candidates"]["n_features"] == 4 * (7 + 1 + 6 + 2 + 8) and sets["hidden"]["n_features"] == 32
+    for task in ("same_genre", "cross_forward", "cross_backward", "domains", "domains+comments"):
+        for key in sets:
+            auc = results["tasks"][task][key]["roc_auc"]["mean"]
+            assert 0.0 <= auc <= 1.0, (task, key)
+    assert results["sizes"] == {"same_genre": 40, "cross": 24, "domains": 48, "domains+comments": 54}
+    # The word the toxic side carries is found by the text baseline, scored on the same folds.
+    assert results["tasks"]["same_genre"]["tfidf"]["roc_auc"]["mean"] > 0.9
+    assert set(results["timing"]) >= {"paper", "paper_id", "hidden", "extended", "candidates"}
+    assert all(t["cpu_s_per_prompt"] > 0 for t in results["timing"].values())
+    # The timing is cached per setting: --only-timing finds it and measures nothing again.
+    monkeypatch.setattr(same_genre, "time_sets", lambda *a: pytest.fail("timed again"))
+    assert same_genre.main(argv + ["--only-timing"]) == 0
+    # A rerun reuses the cached feature files (no model load for them) and gives the same numbers.
+    monkeypatch.setattr("extract_features._run", lambda *a, **k: pytest.fail("features were extracted again"))
+    assert same_genre.main(argv + ["--no-timing"]) == 0
+    again = json.loads((out / "results" / "same_genre.json").read_text())
+    assert again["tasks"] == results["tasks"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--folds", "1"], "cross-validation needs at least 2 folds; pass --folds 2 or more"),
+    (["--folds", "500"], "--folds 500 is more than the texts per class (400); lower --folds or raise --per-side"),
+    (["--paper-features", "/nonexistent/features"], "--paper-features /nonexistent/features is not a folder"),
+    (["--only-timing", "--no-timing"], "--only-timing and --no-timing contradict each other"),
+])
+def test_bad_arguments_are_one_line_errors(argv, message, capsys):
+    assert run_main(same_genre.main, "same_genre.py", argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("same_genre.py: error: ") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv", [["--per-side", "0"], ["--max-length", "x"], ["--folds", "-2"]])
+def test_bad_numbers_are_refused_by_argparse(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        same_genre.main(argv)
+    assert exit_info.value.code == 2 and "is not a positive integer" in capsys.readouterr().err
+
+
+def test_asking_for_more_texts_than_a_class_has():
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(10)], "toxic": [0] * 7 + [1] * 3})
+    with pytest.raises(UserError, match=r"fewer than 5 on a side: lower --per-side / --cross-per-side to at most 3"):
+        same_genre.balanced_sample(df, 5, 0, "x")
+    got = same_genre.balanced_sample(df, 3, 0, "x")
+    assert got["toxic"].value_counts().to_dict() == {0: 3, 1: 3}
+    assert np.array_equal(got["text"], same_genre.balanced_sample(df, 3, 0, "x")["text"])  # seeded
