@@ -343,10 +343,9 @@ def _run(args, model, tokenizer) -> dict[str, pd.DataFrame]:
         return (load_model(args.model, dtype=args.dtype, device=args.device),
                 load_tokenizer(args.model, padding_side="left"))
 
-    Path(args.results_dir).mkdir(parents=True, exist_ok=True)
-    with output_lock(args.results_dir, f"{args.results_dir} (the ID experiment's results)"):  # resumable csvs
-        results = run_experiment(prompts, model, tokenizer, args.model, args.results_dir, args.max_new_tokens,
-                                 args.batch_size, not args.no_chat_template, args.instruction, args.threshold, load)
+    # main holds the results folder's lock for the whole run (resumable csvs, one writer).
+    results = run_experiment(prompts, model, tokenizer, args.model, args.results_dir, args.max_new_tokens,
+                             args.batch_size, not args.no_chat_template, args.instruction, args.threshold, load)
     for category, frame in results.items():
         print(f"{category}: {len(frame)} rows, toxic generations {int(frame['Label'].sum())}, refusals "
               f"{int(frame['Refusal'].sum())}, mean ID {frame['ID Mean'].astype(float).mean():.1f} -> "

@@ -323,5 +323,6 @@ def test_two_models_side_by_side(tmp_path):
     md = (tmp_path / "out" / "RESULTS.md").read_text()
     assert "beside it, model `model-b`" in md and "![pca](figures/b/pca.png)" in md
     # the same model twice is refused
-    assert statistic_analysis.main(["--features-dir", str(tmp_path / "a"), "--features-dir", str(tmp_path / "a"),
-                                    "--out-dir", str(tmp_path / "o2"), *FAST, *only]) == 2
+    assert run_main(statistic_analysis.main, "statistic_analysis.py",
+                    ["--features-dir", str(tmp_path / "a"), "--features-dir", str(tmp_path / "a"),
+                     "--out-dir", str(tmp_path / "o2"), *FAST, *only]) == 2

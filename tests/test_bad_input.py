@@ -38,7 +38,7 @@ TEXTS = ["--texts", "{tmp}/in.txt", "--model", "{tiny}"]
 CASES = [
     # -- extract_features.py: the table --------------------------------------------------------
     ([EF, "--texts", "{tmp}/in.txt", "--model", "some-name", *OUT], 2,
-     "unknown model 'some-name': tried an embedded name (smollm2-135m, gemma3-270m), a folder, a .gguf file and a "
+     "unknown model 'some-name': tried an embedded name (smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b), a folder, a .gguf file and a "
      "hub id; the hub is unreachable"),
     pytest.param([EF, *TEXTS, "--device", "cuda", *OUT], 2, "--device cuda: CUDA is not available here",
                  marks=NO_CUDA),

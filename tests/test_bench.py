@@ -143,7 +143,7 @@ def test_the_bench_registers_no_hook_of_its_own():
     (["--memory-runs", "20000", "1000"], "--memory-runs 20000 1000: SMALL must be below LARGE"),
     (["--tiny", "--update-readme"], "--tiny numbers say nothing about speed"),
     (["--min-tokens", "50", "--max-tokens", "10"], "--min-tokens 50 is above --max-tokens 10"),
-    pytest.param(["--device", "cuda"], "--device cuda: no CUDA device is visible here",
+    pytest.param(["--device", "cuda"], "--device cuda: CUDA is not available here",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message):
