@@ -16,8 +16,8 @@
    Every method's features are compared with ours, so all rows compute the same numbers.
 2. Loading N rows of features: our parquet file against parsing the paper-style CSV.
 3. Memory: the peak RSS of a whole 20,000-prompt extraction against a 1,000-prompt one (fresh processes).
-4. Generation: model.generate with an edit applied, against the unedited model: a SEA-like spectral
-   edit and a SelfIE-like insertion (see sea_like_edit and selfie_like_insertion).
+4. Generation: model.generate with an edit applied, against the unedited model: the SEA spectral
+   edit (sea.py) and a SelfIE insertion (self_interpret.generate_interpret).
 
 Results: bench/results/latest.json (every number, the targets and their pass/fail) and latest.md.
 """
@@ -69,7 +69,7 @@ GEN_PROMPTS = 16          # generation rows: this many prompts, cut to GEN_PROMP
 GEN_PROMPT_TOKENS = 48
 GEN_BATCH = 8
 GEN_NEW_TOKENS = 16       # greedy, exactly this many new tokens for every condition
-SEA_RANK = 8              # each SEA-like projection removes this many (random, orthonormal) directions
+SEA_ENERGY = 0.99         # the SEA edit's energy ratio for k+ and k- (sea.fit)
 SELFIE_POSITIONS = 5      # placeholders overwritten in layer 1's input
 DEVICE = None             # default: cuda when available, else cpu
 DTYPE = "auto"            # float32 on every device (as extract_features)
@@ -374,70 +374,55 @@ def time_extraction(contenders: dict, batches: list, repeats: int, device: str, 
     return times, outputs
 
 
-# -- generation with an edit (the shapes of SEA's and SelfIE's, through hooks.py) ---------------------
-# Stand-ins for spectral_editing.py and selfie.py: once those land, swap their own attach functions in here.
-def sea_like_edit(model, p_pos: torch.Tensor, p_neg: torch.Tensor) -> TraceDict:
-    """A SEA-shaped spectral edit, attached until ``.close()``: every decoder layer in the last two thirds
-    outputs (P1 h + P2 h) / 2, with P1 = ``p_pos`` and P2 = ``p_neg`` fixed [d, d] projections."""
-    n = num_layers(model)
-
-    def project(h, name):
-        return (h @ p_pos.T + h @ p_neg.T) / 2
-
-    return TraceDict(model, range(n // 3, n), retain_output=False, edit_output=project)
-
-
-def selfie_like_insertion(model, positions: list[int], vectors: torch.Tensor) -> Trace:
-    """A SelfIE-shaped insertion, attached until ``.close()``: decoder layer 1's input at the columns
-    ``positions`` becomes ``vectors`` ([len(positions), d]) on the prefill only; the decode steps, one
-    new token at a time over the KV cache, pass untouched."""
-    def insert(h, name):
-        if h.shape[1] <= max(positions):  # a decode step
-            return None
-        h = h.clone()
-        h[:, positions] = vectors.to(h.dtype)
-        return h
-
-    return Trace(model, 1, retain_output=False, edit_input=insert)
+# -- generation with an edit: the real SEA (sea.py) and SelfIE (self_interpret.py), both through hooks.py ---
+def fitted_sea_edit(model, batch):
+    """A SEA edit fitted on the last-token states of ``batch`` at every layer (base, and two shifted copies as
+    positive and negative demonstrations): what it computes is beside the point here, its cost is SEA's own
+    (sea.py's default layers, the last two thirds; energy SEA_ENERGY for k+ and k-)."""
+    import sea
+    with torch.inference_mode(), TraceDict(model, range(num_layers(model))) as traces:
+        model(**batch)  # left-padded: the last column is every prompt's last token
+    states = torch.stack([t.output[:, -1] for t in traces.values()], dim=1).double().cpu()  # [N, L, d]
+    return sea.fit(states, states.roll(1, 0), states.roll(2, 0), energy_pos=SEA_ENERGY, energy_neg=SEA_ENERGY)
 
 
-def projection_without(d: int, rank: int, seed: int, like: torch.Tensor) -> torch.Tensor:
-    """I - Q Q^T for a random orthonormal Q [d, rank]: a projection that removes ``rank`` directions."""
-    q, _ = torch.linalg.qr(torch.randn(d, rank, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
-    return (torch.eye(d, dtype=torch.float64) - q @ q.T).to(dtype=like.dtype, device=like.device)
+def selfie_insert_info(batch, vectors: torch.Tensor) -> list[dict]:
+    """SelfIE's insert_info for every row of ``batch``: decoder layer 1's input at the SELFIE_POSITIONS real
+    tokens before each prompt's last 3 becomes ``vectors`` ([SELFIE_POSITIONS, d]), on the prefill only."""
+    info = []
+    for n_real in batch["attention_mask"].sum(1).tolist():
+        stop = max(min(n_real, SELFIE_POSITIONS), n_real - 3)  # a prompt shorter than 8 tokens: as many as fit
+        where = list(range(max(0, stop - SELFIE_POSITIONS), stop))
+        info.append({1: (where, vectors[None, :len(where)]), "overlay_strength": 1.0, "replacing_mode": "normalized"})
+    return info
 
 
 def bench_generation(model, tokenizer, prompts: list[str], device: str, repeats: int) -> dict:
-    """model.generate (greedy, KV cache, left-padded batches) unedited, with the SEA-like edit and with the
-    SelfIE-like insertion, interleaved batch by batch; seconds per repeat and the tokens they changed."""
+    """model.generate (greedy, KV cache, left-padded batches) unedited, with a SEA edit applied and with a
+    SelfIE insertion, interleaved batch by batch; seconds per repeat and the tokens they changed."""
     ids = [x[-GEN_PROMPT_TOKENS:] for x in tokenizer(prompts[:GEN_PROMPTS])["input_ids"]]
     ids.sort(key=len, reverse=True)
     batches = [tokenizer.pad({"input_ids": ids[i:i + GEN_BATCH]}, return_tensors="pt").to(device)
                for i in range(0, len(ids), GEN_BATCH)]
-    weight = model.get_input_embeddings().weight
-    p_pos, p_neg = (projection_without(weight.shape[1], SEA_RANK, SEED + s, weight) for s in (1, 2))
-    with torch.inference_mode(), Trace(model, num_layers(model) // 2) as source:  # what SelfIE would insert:
+    from self_interpret import generate_interpret
+    edit = fitted_sea_edit(model, batches[0])
+    with torch.inference_mode(), Trace(model, num_layers(model) // 2) as source:  # what SelfIE inserts here:
         model(**batches[0])                                      # a middle layer's hidden states
     vectors = source.output[0, -SELFIE_POSITIONS:]
-
-    def attach(name, width):
-        if name == "sea_like":
-            return sea_like_edit(model, p_pos, p_neg)
-        if name == "selfie_like":  # placeholders: the SELFIE_POSITIONS columns before the last 3
-            return selfie_like_insertion(model, list(range(width - 3 - SELFIE_POSITIONS, width - 3)), vectors)
-        return None
+    options = dict(max_new_tokens=GEN_NEW_TOKENS, min_new_tokens=GEN_NEW_TOKENS, do_sample=False,
+                   pad_token_id=tokenizer.pad_token_id)
 
     def generate(name, batch):
-        edit = attach(name, batch["input_ids"].shape[1])
-        try:
-            with torch.inference_mode():
-                return model.generate(**batch, max_new_tokens=GEN_NEW_TOKENS, min_new_tokens=GEN_NEW_TOKENS,
-                                      do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        finally:
-            if edit is not None:
-                edit.close()
+        with torch.inference_mode():
+            if name == "sea":
+                with edit.apply(model):
+                    return model.generate(**batch, **options)
+            if name == "selfie":
+                return generate_interpret(model, batch["input_ids"], batch["attention_mask"],
+                                          selfie_insert_info(batch, vectors), **options)
+            return model.generate(**batch, **options)
 
-    names = ["unedited", "sea_like", "selfie_like"]
+    names = ["unedited", "sea", "selfie"]
     for name in names:  # untimed warm-up
         generate(name, batches[-1])
     times, tokens = {n: [] for n in names}, {}
@@ -460,8 +445,8 @@ def bench_generation(model, tokenizer, prompts: list[str], device: str, repeats:
                       "ratio_to_unedited": statistics.median(t / u for t, u in zip(times[name], times["unedited"])),
                       "tokens_changed": float((tokens[name] != tokens["unedited"]).float().mean())}
     return {"prompts": len(ids), "prompt_tokens": max(map(len, ids)), "batch_size": GEN_BATCH,
-            "new_tokens": GEN_NEW_TOKENS, "sea_layers": f"{num_layers(model) // 3}-{num_layers(model) - 1}",
-            "sea_rank_removed": SEA_RANK, "selfie_positions": SELFIE_POSITIONS, "repeats": repeats,
+            "new_tokens": GEN_NEW_TOKENS, "sea_layers": f"{edit.layers[0]}-{edit.layers[-1]}",
+            "sea_energy": SEA_ENERGY, "selfie_positions": SELFIE_POSITIONS, "repeats": repeats,
             "conditions": rows}
 
 
@@ -772,12 +757,13 @@ def markdown(res: dict) -> str:
     g = res["generation"]
     lines += ["", f"Generation: `model.generate` on {g['prompts']} prompts (at most {g['prompt_tokens']} tokens, "
               f"left-padded batches of {g['batch_size']}), {g['new_tokens']} new tokens each, greedy, KV cache; "
-              f"median of {g['repeats']} repeats, conditions interleaved batch by batch. SEA-like: layers "
-              f"{g['sea_layers']} output (P1 h + P2 h) / 2, each P removing {g['sea_rank_removed']} random directions; "
-              f"SelfIE-like: layer 1's input replaced at {g['selfie_positions']} positions on the prefill.", "",
+              f"median of {g['repeats']} repeats, conditions interleaved batch by batch. SEA: `sea.fit` on the first "
+              f"batch's last-token states (energy {g['sea_energy']}), layers {g['sea_layers']} edited with "
+              f"`edit.apply(model)`; SelfIE: `generate_interpret` writing a middle layer's states into layer 1's "
+              f"input at {g['selfie_positions']} positions of each prompt, on the prefill.", "",
               "| condition | time (s) | time / unedited | new tokens that differ from unedited |", "|---|---:|---:|---:|"]
-    labels = {"unedited": "unedited model", "sea_like": "SEA-like spectral edit",
-              "selfie_like": "SelfIE-like insertion"}
+    labels = {"unedited": "unedited model", "sea": "SEA spectral edit (sea.py)",
+              "selfie": "SelfIE insertion (self_interpret.py)"}
     for name, r in g["conditions"].items():
         lines.append(f"| {labels[name]} | {r['median_s']:.2f} | {r['ratio_to_unedited']:.3f} | "
                      f"{100 * r['tokens_changed']:.0f}% |")

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hooks import Trace
-from tiny_models import tiny_stock_model
+from tiny_models import tiny_stock_model, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "bench_extraction.py"
@@ -64,10 +63,10 @@ def test_all_methods_compute_the_same_features(tiny_run):
 def test_generation_loading_memory_and_targets_are_reported(tiny_run):
     res, md = tiny_run
     gen = res["generation"]["conditions"]
-    assert list(gen) == ["unedited", "sea_like", "selfie_like"]
+    assert list(gen) == ["unedited", "sea", "selfie"]
     assert all(_positive(g["median_s"]) and _positive(g["ratio_to_unedited"]) for g in gen.values())
     assert gen["unedited"]["tokens_changed"] == 0
-    assert gen["sea_like"]["tokens_changed"] > 0 and gen["selfie_like"]["tokens_changed"] > 0  # really applied
+    assert gen["sea"]["tokens_changed"] > 0 and gen["selfie"]["tokens_changed"] > 0  # really applied
     ld = res["loading"]
     assert ld["rows"] == 200 and all(_positive(ld[k]) for k in ("ours_s", "csv_json_s", "csv_literal_eval_s"))
     mem = res["memory"]
@@ -85,51 +84,17 @@ def test_generation_loading_memory_and_targets_are_reported(tiny_run):
 
 
 # -- the generation edits, on a tiny random Llama ------------------------------------------------------
-def _generate(model, ids, n=6):
-    with torch.inference_mode():
-        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                              do_sample=False, pad_token_id=0)
-
-
-def _ids():
-    return torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(0))
-
-
-def test_sea_like_edit_projects_the_last_two_thirds_and_detaches():
-    model, ids = tiny_stock_model("llama"), _ids()
-    stock = _generate(model, ids)
-    eye = torch.eye(model.config.hidden_size)
-    edit = bench.sea_like_edit(model, eye, eye)  # (I h + I h) / 2 = h: the same tokens
-    assert _generate(model, ids).equal(stock)
-    assert len(edit) == model.config.num_hidden_layers - model.config.num_hidden_layers // 3
-    edit.close()
-    p1, p2 = (bench.projection_without(eye.shape[0], 4, seed, eye) for seed in (1, 2))
-    torch.testing.assert_close(p1 @ p1, p1, atol=1e-5, rtol=0)  # a projection
-    with torch.inference_mode():
-        before = model(ids).logits
-        with bench.sea_like_edit(model, p1, p2):
-            edited = model(ids).logits
-    assert not torch.allclose(before, edited)
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
-
-
-def test_selfie_like_insertion_replaces_the_prefill_only():
-    model, ids = tiny_stock_model("llama"), _ids()
-    stock = _generate(model, ids)
-    with torch.inference_mode(), Trace(model, 1, retain_input=True, retain_output=False) as layer1:
-        model(ids)
-    positions = [4, 5, 6, 7, 8]
-    with bench.selfie_like_insertion(model, positions, layer1.input[0, positions]):  # row 0's own values
-        assert _generate(model, ids[:1]).equal(stock[:1])  # inserting what is there changes nothing
-    vectors = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
-    seen = []
-    with bench.selfie_like_insertion(model, positions, vectors):
-        with Trace(model, 1, retain_output=False, edit_input=lambda h, name: seen.append(h.clone())):
-            changed = _generate(model, ids)
-    assert [h.shape[1] for h in seen] == [12, 1, 1, 1, 1, 1]  # a prefill, then one token per step
-    assert torch.equal(seen[0][:, positions], vectors.expand(2, -1, -1))
-    torch.testing.assert_close(seen[0][:, :4], layer1.input[:, :4], rtol=0, atol=0)  # the rest as it was
-    assert not changed.equal(stock)
+def test_generation_rows_use_the_real_sea_and_selfie():
+    import sea
+    model, tok = tiny_stock_model("llama"), tiny_tokenizer("left")
+    batch = tok(["w1 w2 w3 w4 w5 w6 w7 w8 w9 w10", "w3 w4 w5 w6 w7 w8 w9 w10 w11"], return_tensors="pt",
+                padding=True)
+    edit = bench.fitted_sea_edit(model, batch)
+    assert isinstance(edit, sea.SEA) and edit.layers == sea.default_layers(model.config.num_hidden_layers)
+    assert all(not m._forward_hooks for m in model.modules())  # fitting read the states and let go
+    info = bench.selfie_insert_info(batch, torch.zeros(bench.SELFIE_POSITIONS, model.config.hidden_size))
+    # positions count each prompt's real tokens: the 5 before its last 3
+    assert [row[1][0] for row in info] == [[2, 3, 4, 5, 6], [1, 2, 3, 4, 5]]
 
 
 def test_the_bench_registers_no_hook_of_its_own():
