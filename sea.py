@@ -30,7 +30,6 @@ Everything is applied through hooks.TraceDict; nothing here registers a hook its
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 

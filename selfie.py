@@ -342,7 +342,7 @@ def run_interpret(args, model, tokenizer, examples: list[dict]) -> int:
     out = Path(args.out)
     with output_lock(out):
         cache = RowCache(out, ["name", "layer_idx", "token_idx"], settings, overwrite=args.overwrite)
-        pending, meta = [], []
+        pending = []
 
         def flush():
             if not pending:
@@ -568,7 +568,7 @@ def write_report(out_dir, args, cfg, tokenizer, layers, rate, own_rate, bare, n_
     from analysis.report import Table, num, pct, write_json, write_section
     tag = " (quick)" if args.quick else ""
     n_random = int(frame[frame.condition == "random"]["word"].nunique())
-    fig = lines(layers, {"SelfIE (the word's own state)": rate["selfie"], f"random vector, same norm ({n_random} words)":
+    lines(layers, {"SelfIE (the word's own state)": rate["selfie"], f"random vector, same norm ({n_random} words)":
                          rate["random"], "placeholder's own state (no insertion)": [own_rate] * len(layers)},
                 f"SelfIE identity recovery, {args.model}, {n_words} words, 'repeat' prompt, inserted at layer {INSERT_LAYER}",
                 Path(out_dir) / "figures" / "selfie_identity.png", xlabel="layer of the interpreted state (hidden_states index)",

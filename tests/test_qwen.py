@@ -3,7 +3,6 @@ from its six chunk packages; and the chunk assembly's messages for a missing or 
 import hashlib
 import importlib
 import importlib.util
-import sys
 
 import numpy as np
 import pytest

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 from hooks import Trace
 from self_interpret import forward_interpret, generate_interpret, prefix_cache, relevancy
-from tiny_models import VOCAB, tiny_stock_model, tiny_tokenizer
+from tiny_models import VOCAB, tiny_stock_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ["llama", "mistral", "gemma3", "gpt2"]
