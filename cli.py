@@ -42,6 +42,14 @@ def run_main(main, prog: str, argv=None) -> int:
         return 130
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose own errors (unknown flags, bad type= values) are UserErrors too: one line through
+    run_main, exit status 2, no usage dump (stock argparse prints the usage line first)."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 # -- argparse type= helpers: a bad value is refused by argparse itself (usage line + exit 2) ----------
 def _typed(convert, what: str):
     def parse(text: str):

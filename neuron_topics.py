@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 from scipy import sparse
 
-from cli import UserError, output_lock, parse_layer_spec, positive_float, positive_int, run_main
+from cli import ArgumentParser, UserError, output_lock, parse_layer_spec, positive_float, positive_int, run_main
 from hooks import StopForward, Trace, TraceDict, UnsupportedArchitecture, decoder_layers
 from paths import cache_dir
 
@@ -699,15 +699,8 @@ def kappa_pair(text: str):
     return lo, hi
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's own checks (cli.py's type helpers) end as one line too, like every other bad input here."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=MODEL)
     p.add_argument("--layers", default=None, help=f"'all', 'last-L', 'a-b' or 'a,b' (default {LAYERS})")
     p.add_argument("--neurons", type=neurons_spec, default=None,

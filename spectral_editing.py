@@ -62,7 +62,8 @@ if str(ROOT) not in sys.path:
 
 import hooks  # noqa: E402
 import sea  # noqa: E402
-from cli import UserError, layer_spec, output_lock, positive_float, positive_int, probability, run_main  # noqa: E402
+from cli import (ArgumentParser, UserError, layer_spec, output_lock, positive_float, positive_int,  # noqa: E402
+                 probability, run_main)
 
 log = logging.getLogger("spectral_editing")
 
@@ -697,15 +698,8 @@ def write_results_section(out_dir: Path) -> None:
 
 
 # -- command line -------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are cli.UserErrors: one line on stderr (run_main), exit status 2, no usage dump."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see spectral_editing.py --help)")
-
-
 def parse_args(argv=None):
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=TASKS, default=TASK)
     p.add_argument("--model", default=MODEL)
     p.add_argument("--layers", type=layer_spec, default=None,
