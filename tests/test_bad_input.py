@@ -34,6 +34,8 @@ NO_MPS = pytest.mark.skipif(bool(getattr(torch.backends, "mps", None) and torch.
 EF = "extract_features.py"
 OUT = ["--out", "{tmp}/out.parquet"]
 TEXTS = ["--texts", "{tmp}/in.txt", "--model", "{tiny}"]
+SE = "spectral_editing.py"
+SE_OUT = ["--cache-dir", "{tmp}/sea", "--out-dir", "{tmp}/sea"]
 
 CASES = [
     # -- extract_features.py: the issue's table --------------------------------------------------------
@@ -113,12 +115,71 @@ CASES = [
     (["bench/bench_extraction.py", "--batch-size", "0"], 2, "argument --batch-size: '0' is not a positive integer"),
     pytest.param(["bench/bench_extraction.py", "--tiny", "--device", "cuda", "--out-dir", "{tmp}/bench"], 2,
                  "--device cuda: CUDA is not available", marks=NO_CUDA),
+    # -- spectral_editing.py (SEA) ----------------------------------------------------------------------
+    *[([SE, *argv, *SE_OUT], 2, fragment) for argv, fragment in [
+        (["--task", "nope"], "argument --task: invalid choice: 'nope'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--layers", "last-x"], "bad layer spec 'last-x'"),
+        (["--energy", "1.5"], "'1.5' is not a probability in [0, 1]"),
+        (["--sample", "0"], "'0' is not a positive integer"),
+        (["--alpha", "-1"], "'-1' is not a positive number"),
+        (["--feature", "linear"], "argument --feature: invalid choice: 'linear'"),
+        (["--site", "attention"], "argument --site: invalid choice: 'attention'"),
+        (["--full", "--quick"], "--full and --quick contradict each other"),
+        (["--model", "/nonexistent/model"], "there is no folder or file /nonexistent/model"),
+        (["--model", "{tiny}", "--layers", "40"], "layers [40] out of range: the model has 4 layers"),
+    ]],
+    # -- selfie.py (SelfIE) -----------------------------------------------------------------------------
+    *[(["selfie.py", *argv], 2, fragment) for argv, fragment in [
+        ([], "one of the arguments --json --prompt --dataset --evaluate is required"),
+        (["--prompt", "w1", "--json", "x.json"], "not allowed with argument"),
+        (["--prompt", "w1", "--quick"], "--quick and --full go with --evaluate"),
+        (["--evaluate", "--quick", "--full"], "contradict"),
+        (["--prompt", "w1", "--mode", "replace"], "invalid choice: 'replace'"),
+        (["--prompt", "w1", "--interpretation-prompt", "poem"], "invalid choice: 'poem'"),
+        (["--prompt", "w1", "--strength", "1.5"], "is not a probability in [0, 1]"),
+        (["--prompt", "w1", "--placeholders", "0"], "is not a positive integer"),
+        (["--prompt", "w1", "--layers", "two"], "bad layer spec"),
+        (["--prompt", " ", "--model", "{tiny}"], "--prompt is empty"),
+        (["--prompt", "w1", "--model", "{tmp}/no-such-model"], "there is no folder or file"),
+        (["--prompt", "w1", "--model", "{tiny}", "--insert-layer", "4"], "--insert-layer 4 is out of range"),
+        (["--prompt", "w1", "--model", "{tiny}", "--layers", "9"], "--layers 9 is out of range"),
+        (["--prompt", "w1 w2", "--raw", "--model", "{tiny}", "--tokens", "5"], "does not fit a prompt of 2 tokens"),
+        (["--json", "{tmp}/missing.json", "--model", "{tiny}"], "does not exist"),
+        (["--json", "{tmp}/bad.json", "--model", "{tiny}"], "has no list 'examples'"),
+        (["--json", "{tmp}/not.json", "--model", "{tiny}"], "is not valid JSON"),
+        (["--json", "{tmp}/no_prompt.json", "--model", "{tiny}"], "example 0 has no text 'prompt'"),
+        (["--dataset", "no_such_data", "--model", "{tiny}"], "unknown dataset 'no_such_data'"),
+    ]],
+    # -- neuron_topics.py ---------------------------------------------------------------------------------
+    *[(["neuron_topics.py", *argv, "--out-dir", "{tmp}/topics"], 2, fragment) for argv, fragment in [
+        (["--mode", "hi-x"], "unknown mode hi-x"),
+        (["--kappa", "5,16"], "kappa_l >= 10"),
+        (["--kappa", "12"], "is not two integers"),
+        (["--theta", "0.5,0.2"], "need -1 <= LO <= HI <= 1"),
+        (["--neurons", "0"], "is not a positive integer"),
+        (["--layers", "two"], "bad layer spec"),
+        (["--neuron-ids", "a,b"], "not a comma list of integers"),
+        (["--corpus", ","], "reference corpus is empty"),
+        (["--no-such-flag"], "unrecognized arguments"),
+        (["--model", "{tiny}", "--layers", "7"], "out of range: the model has 4 layers"),
+        (["--model", "{tiny}", "--layers", "0", "--neuron-ids", "64"], "out of range for mode hi-c"),
+        (["--model", "{tiny}", "--layers", "0", "--mode", "lo-c", "--neuron-ids", "32"], "32 residual dimensions"),
+        (["--model", "{tiny}", "--layers", "0", "--corpus", "no_such_corpus"], "unknown corpus 'no_such_corpus'"),
+    ]],
+    # -- same_genre.py --------------------------------------------------------------------------------------
+    (["same_genre.py", "--folds", "1"], 2, "--folds 1: cross-validation needs at least 2 folds"),
+    (["same_genre.py", "--only-timing", "--no-timing"], 2, "--only-timing and --no-timing contradict each other"),
+    (["same_genre.py", "--per-side", "0"], 2, "'0' is not a positive integer"),
 ]
 
 
 def inputs(tmp: Path) -> None:
     """The files the CASES name."""
     (tmp / "in.txt").write_text("w1 w2 w3\nw4 w5\n")
+    (tmp / "bad.json").write_text(json.dumps({"prompts": ["x"]}))                  # selfie.py's inputs
+    (tmp / "not.json").write_text("{oops")
+    (tmp / "no_prompt.json").write_text(json.dumps({"examples": [{"category": "a", "raw": True}]}))
     (tmp / "blank.txt").write_text("\n   \n\t\n")
     (tmp / "broken.jsonl").write_text('{"text": "w1 w2"}\n{"text": "w3\n{"text": "w4"}\n')
     (tmp / "latin1.txt").write_bytes(b"w1 w2\ncaf\xe9 w3\nw4\n\xff w5\n")

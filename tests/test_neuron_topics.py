@@ -1,8 +1,6 @@
 """neuron_topics.py: NPMI, the star heuristic, the exact step, the four modes, the pool rule, bad input."""
 import itertools
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -245,31 +243,6 @@ def test_missing_solver_names_the_package(monkeypatch):
         nt.exact_topic(_random_npmi(12, 0), size=10)
 
 
-CLI_CASES = [
-    (["--mode", "hi-x"], "unknown mode hi-x"),
-    (["--kappa", "5,16"], "kappa_l >= 10"),
-    (["--kappa", "12"], "is not two integers"),
-    (["--theta", "0.5,0.2"], "need -1 <= LO <= HI <= 1"),
-    (["--neurons", "0"], "is not a positive integer"),
-    (["--layers", "two"], "bad layer spec"),
-    (["--neuron-ids", "a,b"], "not a comma list of integers"),
-    (["--corpus", ","], "reference corpus is empty"),
-    (["--no-such-flag"], "unrecognized arguments"),
-    (["--model", "{tiny}", "--layers", "7"], "out of range: the model has 4 layers"),
-    (["--model", "{tiny}", "--layers", "0", "--neuron-ids", "64"], "out of range for mode hi-c"),
-    (["--model", "{tiny}", "--layers", "0", "--mode", "lo-c", "--neuron-ids", "32"], "32 residual dimensions"),
-    (["--model", "{tiny}", "--layers", "0", "--corpus", "no_such_corpus"], "unknown corpus 'no_such_corpus'"),
-]
+# The command line's bad-input cases are rows of tests/test_bad_input.py's table.
 
 
-@pytest.mark.parametrize("argv,fragment", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
-def test_cli_bad_input_is_one_line_and_exit_2(argv, fragment, tiny_llama_dir, tmp_path):
-    argv = [a.replace("{tiny}", str(tiny_llama_dir)) for a in argv]
-    done = subprocess.run([sys.executable, "neuron_topics.py", *argv, "--out-dir", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "SPLINE_CACHE": str(tmp_path / "cache")})
-    lines = [line for line in done.stderr.splitlines() if line.strip() and "Loading weights" not in line]
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("neuron_topics.py: error: ") and fragment in lines[0], lines[0]

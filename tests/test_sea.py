@@ -245,30 +245,7 @@ def test_bad_input_is_refused_with_a_clear_message():
     assert _no_hooks(model) and _no_hooks(other)
 
 
-# -- spectral_editing.py: bad input on the command line -----------------------------------------------------
-CLI_CASES = [
-    (["--task", "nope"], "argument --task: invalid choice: 'nope'"),
-    (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--layers", "last-x"], "bad layer spec 'last-x'"),
-    (["--energy", "1.5"], "'1.5' is not a probability in [0, 1]"),
-    (["--sample", "0"], "'0' is not a positive integer"),
-    (["--alpha", "-1"], "'-1' is not a positive number"),
-    (["--feature", "linear"], "argument --feature: invalid choice: 'linear'"),
-    (["--site", "attention"], "argument --site: invalid choice: 'attention'"),
-    (["--full", "--quick"], "--full and --quick contradict each other"),
-    (["--model", "/nonexistent/model"], "there is no folder or file /nonexistent/model"),
-    (["--layers", "40"], "layers [40] out of range: the model has 30 layers"),
-]
-
-
-@pytest.mark.parametrize("argv,fragment", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
-def test_cli_bad_input_is_one_line_and_exit_2(argv, fragment, tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "spectral_editing.py"), *argv, "--cache-dir", str(tmp_path),
-                           "--out-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    lines = [l for l in done.stderr.splitlines() if l.strip() and not l.startswith("Loading weights")]
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    assert len(lines) == 1 and lines[0].startswith("spectral_editing.py: error: ") and fragment in lines[0], lines
+# The command line's bad-input cases are rows of tests/test_bad_input.py's table.
 
 
 @pytest.mark.slow

@@ -255,46 +255,7 @@ def test_placeholder_positions(bos, chat, name):
 
 
 # -- the command line --------------------------------------------------------------------------------
-def _bad_cli_cases(tiny, tmp):
-    bad_json = tmp / "bad.json"
-    bad_json.write_text(json.dumps({"prompts": ["x"]}))
-    not_json = tmp / "not.json"
-    not_json.write_text("{oops")
-    no_prompt = tmp / "no_prompt.json"
-    no_prompt.write_text(json.dumps({"examples": [{"category": "a", "raw": True}]}))
-    return [
-        ([], "one of the arguments --json --prompt --dataset --evaluate is required"),
-        (["--prompt", "w1", "--json", "x.json"], "not allowed with argument"),
-        (["--prompt", "w1", "--quick"], "--quick and --full go with --evaluate"),
-        (["--evaluate", "--quick", "--full"], "contradict"),
-        (["--prompt", "w1", "--mode", "replace"], "invalid choice: 'replace'"),
-        (["--prompt", "w1", "--interpretation-prompt", "poem"], "invalid choice: 'poem'"),
-        (["--prompt", "w1", "--strength", "1.5"], "is not a probability in [0, 1]"),
-        (["--prompt", "w1", "--placeholders", "0"], "is not a positive integer"),
-        (["--prompt", "w1", "--layers", "two"], "bad layer spec"),
-        (["--prompt", " ", "--model", tiny], "--prompt is empty"),
-        (["--prompt", "w1", "--model", str(tmp / "no-such-model")], "there is no folder or file"),
-        (["--prompt", "w1", "--model", tiny, "--insert-layer", "4"], "--insert-layer 4 is out of range"),
-        (["--prompt", "w1", "--model", tiny, "--layers", "9"], "--layers 9 is out of range"),
-        (["--prompt", "w1 w2", "--raw", "--model", tiny, "--tokens", "5"], "does not fit a prompt of 2 tokens"),
-        (["--json", str(tmp / "missing.json"), "--model", tiny], "does not exist"),
-        (["--json", str(bad_json), "--model", tiny], "has no list 'examples'"),
-        (["--json", str(not_json), "--model", tiny], "is not valid JSON"),
-        (["--json", str(no_prompt), "--model", tiny], "example 0 has no text 'prompt'"),
-        (["--dataset", "no_such_data", "--model", tiny], "unknown dataset 'no_such_data'"),
-    ]
-
-
-def test_cli_bad_input_is_one_line_and_exit_2(tiny_llama_dir, tmp_path):
-    for argv, fragment in _bad_cli_cases(str(tiny_llama_dir), tmp_path):
-        done = subprocess.run([sys.executable, str(ROOT / "selfie.py")] + argv, cwd=tmp_path, capture_output=True,
-                              text=True, timeout=120)
-        lines = [line for line in done.stderr.splitlines() if line.strip() and "Warning" not in line
-                 and not line.startswith(("usage:", " "))]
-        assert done.returncode == 2, (argv, done.stderr)
-        assert "Traceback" not in done.stderr, (argv, done.stderr)
-        assert len(lines) == 1 and lines[0].startswith("selfie.py: error:"), (argv, done.stderr)
-        assert fragment in lines[0], (argv, lines[0])
+# The command line's bad-input cases are rows of tests/test_bad_input.py's table.
 
 
 def test_cli_interprets_a_json_file_and_resumes(tiny_llama_dir, tmp_path):
