@@ -62,8 +62,8 @@ if str(ROOT) not in sys.path:
 
 import hooks  # noqa: E402
 import sea  # noqa: E402
-from cli import (ArgumentParser, UserError, layer_spec, output_lock, positive_float, positive_int,  # noqa: E402
-                 probability, run_main)
+from cli import (ArgumentParser, UserError, layer_spec, non_negative_int, output_lock, positive_float,  # noqa: E402
+                 positive_int, probability, run_main)
 
 log = logging.getLogger("spectral_editing")
 
@@ -716,7 +716,7 @@ def parse_args(argv=None):
     p.add_argument("--full", action="store_true", help="full sizes (299 questions, ...): " + json.dumps(FULL))
     p.add_argument("--quick", action="store_true", help="tiny smoke run (its own cache, <cache-dir>/<model>/<task>_quick)")
     p.add_argument("--seed", type=int, default=SEED)
-    p.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads (0: all cores)")
+    p.add_argument("--threads", type=non_negative_int, default=THREADS, help="torch CPU threads (0: all cores)")
     p.add_argument("--out-dir", default=OUT_DIR)
     p.add_argument("--cache-dir", default=CACHE_ROOT)
     return p.parse_args(argv)
