@@ -41,7 +41,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from cli import (UserError, layer_spec, non_negative_int, output_lock, parse_layer_spec, positive_int,  # noqa: E402
                  run_main)
 from feature_io import (FEATURE_SETS, FeatureWriter, extended_feature_names, feature_names,  # noqa: E402
-                        merge_feature_files)
+                        feature_spec, merge_feature_files)
 from input_spool import TOKENS, chunks, input_texts, read_chunk, set_column, spool_input  # noqa: E402
 
 log = logging.getLogger("extract_features")
@@ -257,6 +257,7 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
                     "seed": seed, "n_input_rows": len(selected), "input_sha1": fingerprint}
         if groups:  # only then: a paper-set run keeps the settings (and the files) it always had
             settings["features"] = features
+            settings["feature_spec"] = feature_spec(groups)
 
         if world > 1:
             selected = selected[rank::world]

@@ -45,7 +45,8 @@ BATCH_SIZE = 16
 SEED = 0
 FOLDS = 5
 FPR_TARGET = 0.01
-LR_C = 1.0
+LR_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # logistic regression's C: chosen per fit by an inner CV
+INNER_FOLDS = 3             # of the training rows (ROC-AUC), the same way for every feature set and baseline
 FEATURES_DIR = "features"   # same-genre files go to FEATURES_DIR/<model>/same_genre/
 PAPER_FEATURES = None       # the main job's files (default FEATURES_DIR/<model>); the paper's tasks use them
 PAPER_TOXIC = ["rtp:toxic", "slurs"]                                     # = statistic_analysis's embedded preset
@@ -64,8 +65,8 @@ SETS = [
     ("paper_id", "paper + attention-ID profile", ("paper", "id")),
     ("paper_quantiles", "paper + quantiles of frac/dist", ("paper", "quantiles")),
     ("paper_last", "paper + last-tokens mean", ("paper", "last")),
-    ("regions", "region projection alone", ("regions",)),
-    ("extended", "paper + region projection (--features extended)", ("paper", "regions")),
+    ("paper_regions", "paper + region projection", ("paper", "regions")),
+    ("extended", "region projection (--features extended: the chosen set)", ("regions",)),
     ("candidates", "every candidate group + ID", ("paper", "id", "quantiles", "last", "regions")),
     ("hidden", "hidden-state probe (mean-pooled, deepest layer)", ("hidden",)),
 ]
@@ -186,7 +187,8 @@ def _scorers(cfg):
     from analysis.data import Task
     from analysis.detectors import _tfidf_lr
     from analysis.models import Settings, fit_quiet, make_lr, positive_scores
-    s = Settings(seed=cfg["SEED"], folds=cfg["FOLDS"], lr_c=cfg["LR_C"], fpr_target=cfg["FPR_TARGET"])
+    s = Settings(seed=cfg["SEED"], folds=cfg["FOLDS"], lr_cs=tuple(cfg["LR_CS"]), inner_folds=cfg["INNER_FOLDS"],
+                 fpr_target=cfg["FPR_TARGET"])
 
     def on_matrix(matrix_of):
         def fit_score(train: Block, test: Block):
@@ -316,7 +318,9 @@ def report(cfg, results: dict, out_dir: Path) -> str:
     notes = [f"Same-genre: {n['same_genre']} {cfg['SAME_GENRE']} comments ({n['same_genre'] // 2} insulting, "
              f"{n['same_genre'] // 2} not; seeded draw), {cfg['FOLDS']}-fold stratified CV, mean ± std. Cross-dataset: "
              f"trained on all of one set, tested on the other ({n['cross']} {cfg['CROSS']} comments, half "
-             "condescending). Every feature set: standardised logistic regression, same folds.",
+             "condescending). Every feature set and the length and surface baselines: standardised logistic "
+             f"regression on the same folds, its C chosen among {', '.join(map(str, cfg['LR_CS']))} by a "
+             f"{cfg['INNER_FOLDS']}-fold inner CV of each training part (ROC-AUC); TF-IDF keeps C = 1.",
              f"Model {cfg['MODEL']}, float32, prompts cut at {cfg['MAX_LENGTH']} tokens. Extraction time: the "
              f"instrumented forward pass on {results['timing_prompts']} prompts of the same-genre set, batches of "
              f"{cfg['BATCH_SIZE']}, best of {cfg['TIMING_REPEATS']}, on a shared 2-core CPU (wall inflated by other "

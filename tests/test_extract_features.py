@@ -230,3 +230,44 @@ def test_selected_rows_match_dataframe_sample():
         if sample is not None and sample < len(expected):
             expected = expected.sample(n=sample, random_state=seed).sort_values("x")
         assert list(ef._select_rows(50, limit, sample, seed)) == expected["x"].tolist()
+
+
+def test_files_and_parts_of_the_earlier_nullable_layout_still_load_and_resume(tmp_path, tiny_llama_dir, monkeypatch):
+    """List columns are now declared without nulls (faster to read): files and interrupted runs written
+    before, with nullable lists, load and resume to the same numbers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def nullable(table):
+        fields = [pa.field(f.name, pa.list_(f.type.value_type, f.type.list_size)) if pa.types.is_fixed_size_list(f.type)
+                  else f for f in table.schema]
+        return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+    new = run(tmp_path, model=tiny_llama_dir, batch_size=2, name="new.parquet")
+    assert not pq.read_schema(new).field("spline_features").nullable
+    reference = load_features(new)
+    old = tmp_path / "old.parquet"
+    pq.write_table(nullable(pq.read_table(new)), old)
+    assert pq.read_schema(old).field("spline_features").nullable
+    for got in (load_features(old), load_features(new)):
+        np.testing.assert_array_equal(got[0], reference[0])
+        np.testing.assert_array_equal(got[1], reference[1])
+        assert got[2].equals(reference[2])
+
+    # An interrupted run whose finished parts have the old layout, resumed by this code.
+    real_run, calls = SplineRecorder.run, {"n": 0}
+
+    def dying_run(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_run(self, *a, **k)
+    monkeypatch.setattr(SplineRecorder, "run", dying_run)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet")
+    for part in (tmp_path / "r.parquet.parts").glob("part-*.parquet"):
+        pq.write_table(nullable(pq.read_table(part)), part)
+    monkeypatch.setattr(SplineRecorder, "run", real_run)
+    resumed = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet"))
+    np.testing.assert_allclose(resumed[0], reference[0], atol=1e-6)
+    np.testing.assert_array_equal(resumed[1], reference[1])

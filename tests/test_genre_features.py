@@ -83,3 +83,22 @@ def test_extract_features_rejects_unknown_set(tmp_path, tiny_llama_dir):
     with pytest.raises(SystemExit) as exit_info:
         main(["--texts", str(tmp_path / "x.txt"), "--features", "wide"])
     assert exit_info.value.code == 2
+
+
+def test_a_file_of_other_feature_definitions_is_never_reused(tmp_path, tiny_llama_dir, monkeypatch):
+    """The definitions of the extended columns (e.g. REGION_DIMS) are part of a run's settings: a file made
+    with other ones is refused with the way out (replace_stale, as the scripts pass, extracts it again)."""
+    import feature_io
+    from extract_features import extract_features
+    from feature_io import RunMismatchError, feature_spec
+    texts = random_prompts(5, seed=11, lo=1, hi=8)
+    common = dict(model=str(tiny_llama_dir), batch_size=4, progress=False, features="extended")
+    path = extract_features(texts, out=tmp_path / "ext.parquet", **common)
+    assert read_feature_metadata(path)["settings"]["feature_spec"] == feature_spec(FEATURE_SETS["extended"])
+    fewer = {**FEATURE_GROUPS, "regions": FEATURE_GROUPS["regions"][:8]}  # as files of the earlier 8 per layer
+    monkeypatch.setattr(feature_io, "FEATURE_GROUPS", fewer)
+    with pytest.raises(RunMismatchError, match="feature_spec"):
+        extract_features(texts, out=path, **common)
+    monkeypatch.undo()
+    before = path.stat().st_mtime_ns
+    assert extract_features(texts, out=path, **common) == path and path.stat().st_mtime_ns == before  # reused

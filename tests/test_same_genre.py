@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import feature_io  # noqa: E402
 import same_genre  # noqa: E402
 from cli import UserError, run_main  # noqa: E402
 from extract_features import extract_features  # noqa: E402
@@ -46,8 +47,10 @@ def test_end_to_end_on_a_tiny_model(tmp_path, tiny_llama_dir, monkeypatch):
     section = (out / "results" / "same_genre.md").read_text()
     assert section.startswith("## Same-genre toxicity") and "hidden-state probe" in section
     sets = results["sets"]
-    assert sets["paper"]["n_features"] == 4 * 7 and sets["extended"]["n_features"] == 4 * (7 + 8)
-    assert sets["candidates"]["n_features"] == 4 * (7 + 1 + 6 + 2 + 8) and sets["hidden"]["n_features"] == 32
+    regions = feature_io.REGION_DIMS
+    assert sets["paper"]["n_features"] == 4 * 7 and sets["extended"]["n_features"] == 4 * regions
+    assert sets["paper_regions"]["n_features"] == 4 * (7 + regions)
+    assert sets["candidates"]["n_features"] == 4 * (7 + 1 + 6 + 2 + regions) and sets["hidden"]["n_features"] == 32
     for task in ("same_genre", "cross_forward", "cross_backward", "domains", "domains+comments"):
         for key in sets:
             auc = results["tasks"][task][key]["roc_auc"]["mean"]
@@ -93,3 +96,21 @@ def test_asking_for_more_texts_than_a_class_has():
     got = same_genre.balanced_sample(df, 3, 0, "x")
     assert got["toxic"].value_counts().to_dict() == {0: 3, 1: 3}
     assert np.array_equal(got["text"], same_genre.balanced_sample(df, 3, 0, "x")["text"])  # seeded
+
+
+def test_tuned_logistic_regression_regularises_wide_sets_and_falls_back_on_tiny_ones():
+    from sklearn.metrics import roc_auc_score
+
+    from analysis.models import Settings, fit_quiet, make_lr, positive_scores
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 400))
+    y = (X[:, :5].sum(axis=1) + rng.normal(scale=2.0, size=600) > 0).astype(int)  # 5 useful columns of 400
+    tuned = Settings(lr_cs=(0.001, 0.01, 0.1, 1.0))
+    model = fit_quiet(make_lr(tuned), X[:300], y[:300])
+    assert model.C_ < 1.0 and fit_quiet(make_lr(tuned), X[:300], y[:300]).C_ == model.C_  # seeded: same choice
+    fixed = fit_quiet(make_lr(Settings(lr_c=1.0)), X[:300], y[:300])
+    assert (roc_auc_score(y[300:], positive_scores(model, X[300:]))
+            > roc_auc_score(y[300:], positive_scores(fixed, X[300:])))
+    # Two rows of a class cannot be split in 3 inner folds: the middle of the grid, no error.
+    small = fit_quiet(make_lr(tuned), X[:4], np.array([0, 1, 0, 1]))
+    assert small.C_ == 0.1 and positive_scores(small, X[:3]).shape == (3,)
