@@ -11,14 +11,16 @@ trains on it and tests on `talkdown` (Reddit comments, condescending or not), an
 The paper's tasks (toxic vs clean domain text, then with clean comments) come from the main job's
 feature files when they carry the candidate groups (extract_features.py --features candidates).
 
-Every feature set is scored by the same standardised logistic regression on the same folds:
-the paper's 7 per layer, plus each richer group of feature_io.FEATURE_GROUPS (quantiles of the per-token
-active fraction and distance, the last tokens' mean, a fixed random projection of the per-unit activation
-frequencies), the attention-ID profile, and the mean-pooled hidden-state probe; beside them TF-IDF and
-the two shortcut baselines (length only, surface statistics). Extraction time per set is measured on
-TIMING_PROMPTS prompts (wall and CPU). Outputs: tables/same_genre.md|tex, results/same_genre.json and
-results/same_genre.md (RESULTS.md picks the section up). Settings are the constants below; flags
-override the common ones.
+Every feature set is scored by the same standardised logistic regression on the same folds, its C
+chosen among LR_CS by an inner CV of each training part (a set of 500 columns needs far more
+regularisation than one of 7): the paper's 7 per layer, plus each richer group of
+feature_io.FEATURE_GROUPS (quantiles of the per-token active fraction and distance, the last tokens'
+mean, a fixed random projection of the per-unit activation frequencies), the attention-ID profile, and
+the mean-pooled hidden-state probe; beside them TF-IDF and the two shortcut baselines (length only,
+surface statistics). The chosen set (`--features extended`) is the region projection alone.
+Extraction time per set is measured on TIMING_PROMPTS prompts (wall and CPU). Outputs:
+tables/same_genre.md|tex, results/same_genre.json and results/same_genre.md (RESULTS.md picks the
+section up). Settings are the constants below; flags override the common ones.
 """
 from __future__ import annotations
 

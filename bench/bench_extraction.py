@@ -61,6 +61,7 @@ BATCH_SIZE = 16           # extract_features' default; batches are length-sorted
 REPEATS = 2               # full sweeps over the prompts; ratios are taken per repeat, median reported
 FIRST_LAYERS = 3          # the "first k layers" variant (early exit)
 LOAD_ROWS = 5000          # rows in the files of the loading benchmark
+LOAD_REPEATS = 5          # repeats of the loading benchmark (each: ours, json.loads, literal_eval in turn)
 OURS_CALLS = 5            # loads of our file per repeat of the loading benchmark (median kept)
 MEMORY_RUNS = (1000, 20000)
 MEMORY_REPEATS = 3        # runs of each size, interleaved; the median is compared
@@ -495,7 +496,8 @@ def bench_loading(ours_file: Path, paper_csv: Path, n_rows: int, workdir: Path, 
             "csv_json_s": median(t_json),
             "parquet_mib": parquet_path.stat().st_size / 2**20, "csv_mib": csv_path.stat().st_size / 2**20,
             "speedup_vs_literal_eval": median(a / o for a, o in zip(t_ast, t_ours)),
-            "speedup_vs_json": median(j / o for j, o in zip(t_json, t_ours))}
+            "speedup_vs_json": median(j / o for j, o in zip(t_json, t_ours)),
+            "each_repeat_s": {"ours": t_ours, "csv_json": t_json, "csv_literal_eval": t_ast}}
 
 
 # -- memory: whole extract_features runs, each in a fresh process --------------------------------------
@@ -700,7 +702,7 @@ def run(args, workdir: Path) -> dict:
     generation = bench_generation(bare_model, load_tokenizer(args.model, "left"), prompts, device, args.repeats)
     print(f"loading {args.load_rows} rows ...", flush=True)
     loading = bench_loading(contenders["ours_all_id"].out, contenders["paper_id"].path, args.load_rows, workdir,
-                            1 if args.tiny else 3)
+                            1 if args.tiny else LOAD_REPEATS)
     del contenders, ours_model, bare_model
     gc.collect()
     memory = None if args.skip_memory else bench_memory(
