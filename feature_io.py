@@ -83,7 +83,7 @@ class RunMismatchError(UserError):
 
 def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
     # Declared without nulls (there are none): parquet then stores no definition levels for the list
-    # or its values, and reading the column back is about a quarter faster (issue 17's loading target).
+    # or its values, and reading the column back is faster (bench/README.md, loading).
     matrix = np.ascontiguousarray(matrix)
     values = pa.array(matrix.reshape(-1))
     kind = pa.list_(pa.field("element", values.type, nullable=False), matrix.shape[1])
