@@ -377,27 +377,19 @@ def test_kill_9_then_rerun_resumes_exactly(command, tmp_path, tiny_llama_dir):
     assert not parts.exists()
 
 
-def test_a_damaged_part_file_is_recomputed_with_a_warning(tmp_path, tiny_llama_dir, monkeypatch, caplog):
+def test_a_damaged_part_file_is_recomputed_with_a_warning(tmp_path, tiny_llama_dir, kill_extraction, caplog):
     import logging
 
     import extract_features as ef
     from feature_io import load_features
-    from instrument import SplineRecorder
     texts = [" ".join(f"w{4 + (i * 7 + j) % 100}" for j in range(3 + i % 9)) for i in range(20)]
     kw = dict(out=tmp_path / "d.parquet", model=str(tiny_llama_dir), device="cpu", progress=False, batch_size=2,
               flush_every=4)
     reference = load_features(ef.extract_features(texts, **{**kw, "out": tmp_path / "ref.parquet"}))
-    real_run, calls = SplineRecorder.run, {"n": 0}
-
-    def dying_run(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 9:  # warm-up + 8 batches: 4 parts written
-            raise KeyboardInterrupt
-        return real_run(self, *a, **k)
-    monkeypatch.setattr(SplineRecorder, "run", dying_run)
+    kill_extraction(9)  # warm-up + 8 batches: 4 parts written
     with pytest.raises(KeyboardInterrupt):
         ef.extract_features(texts, **kw)
-    monkeypatch.setattr(SplineRecorder, "run", real_run)
+    kill_extraction.undo()
     parts = sorted((tmp_path / "d.parquet.parts").glob("part-*.parquet"))
     assert len(parts) == 4
     parts[1].write_bytes(parts[1].read_bytes()[:50])  # damaged on disk (our writes are atomic)

@@ -9,7 +9,6 @@ import torch
 import extract_features as ef
 from cli import UserError, run_main
 from feature_io import RunMismatchError, load_features, load_hidden, read_feature_metadata
-from instrument import SplineRecorder
 from tiny_models import random_prompts
 
 PROMPTS = random_prompts(11, seed=7, lo=1, hi=14)
@@ -91,21 +90,14 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_llama_dir, caplog):
     assert f"{bad}: 1 line(s) hold bytes that are not UTF-8" in caplog.text
 
 
-def test_resume_after_interrupt_loses_and_duplicates_nothing(tmp_path, tiny_llama_dir, monkeypatch):
+def test_resume_after_interrupt_loses_and_duplicates_nothing(tmp_path, tiny_llama_dir, kill_extraction):
     reference = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=2, name="ref.parquet"))
-    real_run, calls = SplineRecorder.run, {"n": 0}
-
-    def dying_run(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:  # warm-up + 3 batches done (one part of 4 prompts flushed), then killed
-            raise KeyboardInterrupt
-        return real_run(self, *a, **k)
-    monkeypatch.setattr(SplineRecorder, "run", dying_run)
+    kill_extraction(5)  # warm-up + 3 batches done (one part of 4 prompts flushed), then killed
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet")
     parts = sorted((tmp_path / "r.parquet.parts").glob("part-*.parquet"))
     assert len(parts) >= 1 and not (tmp_path / "r.parquet").exists()
-    monkeypatch.setattr(SplineRecorder, "run", real_run)
+    kill_extraction.undo()
     with pytest.raises(RunMismatchError, match="--overwrite"):
         run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet", max_length=50)
     resumed = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet"))
@@ -198,22 +190,15 @@ def test_chunks_give_the_same_file_as_one_pass(tmp_path, tiny_llama_dir):
     assert not (tmp_path / "c8.parquet.parts").exists()
 
 
-def test_resume_across_chunks(tmp_path, tiny_llama_dir, monkeypatch):
+def test_resume_across_chunks(tmp_path, tiny_llama_dir, kill_extraction):
     reference = load_features(run(tmp_path, CHUNKED, model=tiny_llama_dir, batch_size=2, name="ref.parquet"))
-    real_run, calls = SplineRecorder.run, {"n": 0}
-
-    def dying_run(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 7:  # warm-up + 5 batches: 2 chunks of 4 rows, then killed in the 3rd (its 2 done kept)
-            raise KeyboardInterrupt
-        return real_run(self, *a, **k)
-    monkeypatch.setattr(SplineRecorder, "run", dying_run)
+    kill_extraction(7)  # warm-up + 5 batches: 2 chunks of 4 rows, then killed in the 3rd (its 2 done kept)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, CHUNKED, model=tiny_llama_dir, batch_size=2, chunk_size=4, flush_every=100, name="r.parquet")
     parts_dir = tmp_path / "r.parquet.parts"
     saved = pd.concat([pd.read_parquet(p, columns=["row_id"]) for p in sorted(parts_dir.glob("part-*.parquet"))])
     assert len(saved) == 10 and not (parts_dir / "input").exists()  # the spooled input is cleaned up
-    monkeypatch.setattr(SplineRecorder, "run", real_run)
+    kill_extraction.undo()
     resumed_path = run(tmp_path, CHUNKED, model=tiny_llama_dir, batch_size=2, chunk_size=3, name="r.parquet")
     resumed = load_features(resumed_path)
     assert resumed[2]["row_id"].tolist() == reference[2]["row_id"].tolist()
@@ -232,7 +217,7 @@ def test_selected_rows_match_dataframe_sample():
         assert list(ef._select_rows(50, limit, sample, seed)) == expected["x"].tolist()
 
 
-def test_files_and_parts_of_the_earlier_nullable_layout_still_load_and_resume(tmp_path, tiny_llama_dir, monkeypatch):
+def test_files_and_parts_of_the_earlier_nullable_layout_still_load_and_resume(tmp_path, tiny_llama_dir, kill_extraction):
     """List columns are now declared without nulls (faster to read): files and interrupted runs written
     before, with nullable lists, load and resume to the same numbers."""
     import pyarrow as pa
@@ -255,19 +240,12 @@ def test_files_and_parts_of_the_earlier_nullable_layout_still_load_and_resume(tm
         assert got[2].equals(reference[2])
 
     # An interrupted run whose finished parts have the old layout, resumed by this code.
-    real_run, calls = SplineRecorder.run, {"n": 0}
-
-    def dying_run(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real_run(self, *a, **k)
-    monkeypatch.setattr(SplineRecorder, "run", dying_run)
+    kill_extraction(5)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet")
     for part in (tmp_path / "r.parquet.parts").glob("part-*.parquet"):
         pq.write_table(nullable(pq.read_table(part)), part)
-    monkeypatch.setattr(SplineRecorder, "run", real_run)
+    kill_extraction.undo()
     resumed = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet"))
     np.testing.assert_allclose(resumed[0], reference[0], atol=1e-6)
     np.testing.assert_array_equal(resumed[1], reference[1])
