@@ -54,7 +54,7 @@ from cli import (UserError, int_list, non_negative_int, output_lock, positive_in
                  run_main)
 from toxicity_id_eval import DEFAULT_MODEL, default_results_dir  # noqa: E402
 from toxicity_id_eval.build_prompts import CATEGORIES, PROMPTS_DIR, prompts_path, write_prompt_files  # noqa: E402
-from toxicity_id_eval.refusal import REFUSAL_PATTERNS, is_refusal  # noqa: E402,F401 (documented there)
+from toxicity_id_eval.refusal import REFUSAL_PATTERNS, is_refusal, label_answers  # noqa: E402,F401 (documented there)
 
 log = logging.getLogger("ID_estimation")
 
@@ -152,15 +152,6 @@ def generate(model, tokenizer, input_ids, attention_mask, max_new_tokens: int = 
         answers.append(tokenizer.decode(ids[:n], skip_special_tokens=True).strip())
         lengths.append(n)
     return answers, lengths
-
-
-def label_answers(answers: list[str], threshold: float = TOXIC_THRESHOLD) -> pd.DataFrame:
-    """Toxicity (alt-profanity-check probability), Label (toxic generation) and Refusal of each answer."""
-    from profanity_check import predict_prob
-    prob = predict_prob([a if a.strip() else "." for a in answers]) if answers else np.zeros(0)
-    prob = np.where([bool(a.strip()) for a in answers], prob, 0.0) if answers else prob
-    return pd.DataFrame({"Toxicity": np.round(prob.astype(float), 6), "Label": (prob >= threshold).astype(int),
-                         "Refusal": [int(is_refusal(a)) for a in answers]})
 
 
 # -- results files ------------------------------------------------------------------------------------

@@ -42,7 +42,9 @@ from cli import (UserError, layer_spec, non_negative_int, output_lock, parse_lay
                  run_main)
 from feature_io import (FEATURE_SETS, FeatureWriter, extended_feature_names, feature_names,  # noqa: E402
                         feature_spec, merge_feature_files)
-from input_spool import TOKENS, chunks, input_texts, read_chunk, set_column, spool_input  # noqa: E402
+from model_loading import model_slug  # noqa: E402,F401 (re-exported: the features' folder name)
+from input_spool import (TOKENS, chunks, input_texts, pad_batch, read_chunk, select_rows, set_column,  # noqa: E402
+                         spool_input)  # noqa: E402
 
 log = logging.getLogger("extract_features")
 
@@ -130,10 +132,6 @@ def check_text_column(frame: pd.DataFrame, text_column: str, origin: str) -> Non
                         "Pass --text-column NAME.")
 
 
-def model_slug(model: str) -> str:
-    return Path(str(model).rstrip("/")).name.removesuffix(".gguf")
-
-
 def default_out(model: str, name: str, layers: list[int], n_layers: int, root=FEATURES_DIR) -> Path:
     """features/<model>/<name>.parquet, or features/<model>/layers<spans>/<name>.parquet for a subset."""
     folder = Path(root) / model_slug(model)
@@ -160,21 +158,6 @@ def _fingerprint(source, positions, text_column: str, chunk_size: int) -> str:
             digest.update(text.encode("utf-8", "surrogatepass"))
             digest.update(b"\0")
     return digest.hexdigest()
-
-
-def _select_rows(n_rows: int, limit: int | None, sample: int | None, seed: int):
-    """Positions of the input rows to extract, ascending: the first ``limit``, then a seeded ``sample``.
-
-    A range (no memory) unless sampling; the sample is the one ``DataFrame.sample(n=sample,
-    random_state=seed)`` draws from the limited rows (it depends only on their number).
-    """
-    rows = range(n_rows)
-    if limit is not None:
-        rows = rows[:limit]
-    if sample is not None and sample < len(rows):
-        drawn = pd.DataFrame(index=pd.RangeIndex(len(rows))).sample(n=sample, random_state=seed).index
-        rows = np.asarray(rows)[np.sort(drawn.to_numpy())]
-    return rows
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -227,7 +210,7 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
         raise UserError(f"{origin} holds no rows: nothing to extract")
     if isinstance(source, pd.DataFrame):
         check_text_column(source, text_column, origin)
-    selected = _select_rows(len(source), limit, sample, seed)  # row_id = position in the full input
+    selected = select_rows(len(source), limit, sample, seed)  # row_id = position in the full input
 
     rank, world = _process_rank()
     if world > 1 and device is None and device_map is None:
@@ -345,19 +328,6 @@ def _merge_shards(final_out: Path, own: Path, world: int) -> None:
                   for r in range(world)]
         merge_feature_files(shards, final_out)
     state.wait_for_everyone()
-
-
-def pad_batch(rows, pad_id: int, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id sequences -> (input_ids [B, W] long, mask [B, W] bool), padded on ``padding_side``."""
-    width = max(len(row) for row in rows)
-    # Filled in numpy: the rows may be read-only views of a memory-mapped chunk, which torch will not wrap.
-    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=bool)
-    for r, row in enumerate(rows):
-        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
-        input_ids[r, span] = row
-        mask[r, span] = True
-    return torch.from_numpy(input_ids), torch.from_numpy(mask)
 
 
 def _run(model, pad_id: int, padding_side: str, files: list[Path], n_rows: int, writer: FeatureWriter, layers,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import torch
 from tqdm.auto import tqdm
 
 TOKENS = "__token_ids__"  # the spool's column of token ids (dropped before the features are written)
@@ -143,3 +144,31 @@ def spool_input(source, positions, text_column: str, done_ids: np.ndarray, token
     for path in staged:
         path.unlink()
     return {**counts, "files": files, "n_rows": len(order)}
+
+
+def select_rows(n_rows: int, limit: int | None, sample: int | None, seed: int):
+    """Positions of the input rows to extract, ascending: the first ``limit``, then a seeded ``sample``.
+
+    A range (no memory) unless sampling; the sample is the one ``DataFrame.sample(n=sample,
+    random_state=seed)`` draws from the limited rows (it depends only on their number).
+    """
+    rows = range(n_rows)
+    if limit is not None:
+        rows = rows[:limit]
+    if sample is not None and sample < len(rows):
+        drawn = pd.DataFrame(index=pd.RangeIndex(len(rows))).sample(n=sample, random_state=seed).index
+        rows = np.asarray(rows)[np.sort(drawn.to_numpy())]
+    return rows
+
+
+def pad_batch(rows, pad_id: int, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id sequences -> (input_ids [B, W] long, mask [B, W] bool), padded on ``padding_side``."""
+    width = max(len(row) for row in rows)
+    # Filled in numpy: the rows may be read-only views of a memory-mapped chunk, which torch will not wrap.
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=bool)
+    for r, row in enumerate(rows):
+        span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+        input_ids[r, span] = row
+        mask[r, span] = True
+    return torch.from_numpy(input_ids), torch.from_numpy(mask)

@@ -278,3 +278,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype="auto", device: str | No
     if device_map is None:
         model.to(device)
     return model.eval()
+
+
+def model_slug(model: str) -> str:
+    """The folder name of a model's outputs: its registry name, or a path's last part without ``.gguf``."""
+    return Path(str(model).rstrip("/")).name.removesuffix(".gguf")

@@ -751,7 +751,7 @@ def main(argv=None) -> int:
         raise UserError("the reference corpus is empty: pass --corpus with at least one source, e.g. boolq")
     _solver()  # before any expensive step: a missing solver is named at once
 
-    from extract_features import model_slug
+    from model_loading import model_slug
     from model_loading import load_model, load_tokenizer
     t_all, cpu_all = time.perf_counter(), time.process_time()
     timings = {}

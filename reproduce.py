@@ -164,7 +164,7 @@ def main(argv=None) -> int:
 
     if "analysis" not in skip:
         t = step("9/9 statistic_analysis.py (RESULTS.md gathers every system's section)")
-        from extract_features import model_slug
+        from model_loading import model_slug
         dirs = [f"{features_dir}/{model_slug(args.model)}"] + ([f"{features_dir}/{model_slug(SECOND_MODEL)}"]
                                                                if second else [])
         call(["statistic_analysis.py"] + [a for d in dirs for a in ("--features-dir", d)] + quick)

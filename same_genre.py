@@ -244,7 +244,7 @@ def time_sets(cfg, texts) -> dict:
     (best of TIMING_REPEATS; the machine may be shared, so the CPU time is the steadier number)."""
     import torch
 
-    from extract_features import pad_batch
+    from input_spool import pad_batch
     from feature_io import FEATURE_GROUPS
     from model_loading import load_model, load_tokenizer
     tok = load_tokenizer(cfg["MODEL"])
@@ -419,7 +419,7 @@ def configure(argv):
 
 
 def main(argv=None) -> int:
-    from extract_features import model_slug
+    from model_loading import model_slug
     cfg = configure(argv)
     out_dir = Path(cfg["OUT_DIR"])
     out_dir = out_dir if out_dir.is_absolute() else ROOT / out_dir

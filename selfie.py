@@ -422,7 +422,7 @@ def _interpret_all(model, tokenizer, prompt, jobs, cache: RowCache, batch_size, 
 def toxicity_prompts(cfg) -> pd.DataFrame:
     """Held-out prompts: rows of each dataset that reproduce.py's seeded feature sample did not take."""
     from data import load_dataset
-    from extract_features import _select_rows
+    from input_spool import select_rows
     from reproduce import SAMPLE, SEED
     specs = [("rtp", 1, cfg["TOX_PER_SOURCE"]), ("slurs", 1, cfg["TOX_PER_SOURCE"]),
              ("comments", 0, cfg["TOX_PER_SOURCE"])]
@@ -431,7 +431,7 @@ def toxicity_prompts(cfg) -> pd.DataFrame:
     frames = []
     for name, label, n in specs:
         frame = load_dataset(name)
-        used = np.isin(np.arange(len(frame)), list(_select_rows(len(frame), None, SAMPLE, SEED)))
+        used = np.isin(np.arange(len(frame)), list(select_rows(len(frame), None, SAMPLE, SEED)))
         frame = frame[~used & (frame["toxic"] == label).values]
         frame = frame.sample(n=min(n, len(frame)), random_state=cfg["EVAL_SEED"])
         frames.append(pd.DataFrame({"text": frame["text"].values, "source": name, "label": label}))
@@ -467,7 +467,7 @@ def _weighted(tokenizer, ids: list[int], weights: list[float]) -> str:
 def run_evaluation(args, model, tokenizer) -> int:
     cfg = {k: v for k, v in globals().items() if k.isupper() and not k.startswith(("QUICK", "FULL"))}
     cfg.update(QUICK if args.quick else FULL if args.full else {})
-    from extract_features import model_slug
+    from model_loading import model_slug
     folder = ROOT / cfg["EVAL_DIR"] / model_slug(args.model)
     out_dir = Path(args.out_dir)
     n_layers = model.config.num_hidden_layers
@@ -523,7 +523,7 @@ def run_evaluation(args, model, tokenizer) -> int:
         t0 = time.perf_counter()
         _interpret_all(model, tokenizer, summarize, jobs, tox, args.batch_size, TOX_NEW_TOKENS, "toxicity")
         t_tox = time.perf_counter() - t0
-        from ID_estimation import label_answers
+        from toxicity_id_eval.refusal import label_answers
         tframe = tox.frame.copy()
         tframe["score"] = label_answers([str(t) for t in tframe["interpretation_text"]])["Toxicity"].values
         tframe = tframe[tframe.prompt_id.isin(prompts.index)]

@@ -748,7 +748,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    from extract_features import model_slug
+    from model_loading import model_slug
     from model_loading import load_model, load_tokenizer
     folder = Path(args.cache_dir) / model_slug(args.model) / (args.task + ("_quick" if args.quick else ""))
     folder.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from cli import UserError, non_negative_int, output_lock, positive_int, run_main  # noqa: E402
-from extract_features import pad_batch  # noqa: E402
+from input_spool import pad_batch  # noqa: E402
 from hooks import Trace, TraceDict, num_layers  # noqa: E402
 
 # -- settings (each one is a command-line flag too) ----------------------------------------------

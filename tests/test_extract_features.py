@@ -9,6 +9,7 @@ import torch
 import extract_features as ef
 from cli import UserError, run_main
 from feature_io import RunMismatchError, load_features, load_hidden, read_feature_metadata
+from input_spool import select_rows
 from tiny_models import random_prompts
 
 PROMPTS = random_prompts(11, seed=7, lo=1, hi=14)
@@ -214,7 +215,7 @@ def test_selected_rows_match_dataframe_sample():
         expected = frame.iloc[:limit] if limit is not None else frame
         if sample is not None and sample < len(expected):
             expected = expected.sample(n=sample, random_state=seed).sort_values("x")
-        assert list(ef._select_rows(50, limit, sample, seed)) == expected["x"].tolist()
+        assert list(select_rows(50, limit, sample, seed)) == expected["x"].tolist()
 
 
 def test_files_and_parts_of_the_earlier_nullable_layout_still_load_and_resume(tmp_path, tiny_llama_dir, kill_extraction):
