@@ -195,6 +195,9 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
     if features not in FEATURE_SETS:
         raise UserError(f"features must be one of {list(FEATURE_SETS)}, got {features!r}")
     groups = FEATURE_SETS[features]
+    # The layers are checked against the model's config (a small file) before any input is read.
+    n_layers_total = model_config(model).get_text_config().num_hidden_layers
+    layers = parse_layer_spec("all" if layers is None else layers, n_layers_total)
     if dataset is not None:
         from data import load_dataset
         source, origin = load_dataset(dataset), f"dataset {dataset!r}"
@@ -218,8 +221,6 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
         device = str(PartialState().device)
     device = device or (None if device_map is not None else default_device())
     torch_dtype = resolve_dtype(dtype, device or "cuda")
-    n_layers_total = model_config(model).get_text_config().num_hidden_layers
-    layers = parse_layer_spec("all" if layers is None else layers, n_layers_total)
     out = Path(out) if out is not None else default_out(model, name, layers, n_layers_total, features_dir)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

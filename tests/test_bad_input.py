@@ -58,8 +58,11 @@ CASES = [
     pytest.param([EF, *TEXTS, "--device", "cuda:3", *OUT], 2, "--device cuda:3: CUDA is not available", marks=NO_CUDA),
     pytest.param([EF, *TEXTS, "--device", "mps", *OUT], 2, "--device mps: Apple's MPS is not available", marks=NO_MPS),
     ([EF, *TEXTS, "--device", "gpu7", *OUT], 2, "--device 'gpu7' is not a device"),
-    ([EF, *TEXTS, "--layers", "2-9", *OUT], 2, "layers [4, 5, 6, 7, 8, 9] out of range: the model has 4 layers"),
+    ([EF, *TEXTS, "--layers", "2-9", *OUT], 2, "--layers 2-9 is out of range: the model has 4 layers (0..3)"),
     ([EF, *TEXTS, "--layers", "last-0", *OUT], 2, "bad layer spec 'last-0'"),
+    # refused from the model's config, before the dataset is read (jigsaw would be refused for its files)
+    ([EF, "--dataset", "jigsaw", "--model", "{tiny}", "--layers", "30-99", *OUT], 2,
+     "--layers 30-99 is out of range: the model has 4 layers (0..3)"),
     ([EF, *TEXTS, "--batch-size", "0", *OUT], 2, "argument --batch-size: '0' is not a positive integer"),
     ([EF, *TEXTS, "--max-length", "-5", *OUT], 2, "argument --max-length: '-5' is not a positive integer"),
     ([EF, *TEXTS, "--dtype", "float8", *OUT], 2, "argument --dtype: invalid choice: 'float8'"),
@@ -127,7 +130,7 @@ CASES = [
         (["--site", "attention"], "argument --site: invalid choice: 'attention'"),
         (["--full", "--quick"], "--full and --quick contradict each other"),
         (["--model", "/nonexistent/model"], "there is no folder or file /nonexistent/model"),
-        (["--model", "{tiny}", "--layers", "40"], "layers [40] out of range: the model has 4 layers"),
+        (["--model", "{tiny}", "--layers", "40"], "--layers 40 is out of range: the model has 4 layers"),
     ]],
     # -- selfie.py (SelfIE) -----------------------------------------------------------------------------
     *[(["selfie.py", *argv], 2, fragment) for argv, fragment in [
