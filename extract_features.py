@@ -3,7 +3,7 @@
     python extract_features.py --model smollm2-135m --texts FILE --out OUT.parquet
     python extract_features.py --dataset rtp                  # a named dataset of data/
     python extract_features.py --dataset rtp --layers 0-2     # early exit after layer 2
-    python extract_features.py --dataset insults --features extended   # + the richer set of issue 16
+    python extract_features.py --dataset insults --features extended   # + the richer statistics
 
 FILE is .txt (one text per line), .csv, .jsonl or .parquet; --text-column names the text column
 (default ``text``) and every other column passes through to the output. Prompts are tokenised
@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-id", action="store_true", help="skip the attention intrinsic dimension")
     p.add_argument("--features", default=FEATURES, choices=list(FEATURE_SETS),
                    help="paper: the 7 statistics per layer (default); extended: plus the richer set chosen in "
-                        "issue 16 (see RESULTS.md, same_genre section); candidates: plus every richer group")
+                        "the same-genre comparison (see RESULTS.md, same-genre section); candidates: plus every richer group")
     p.add_argument("--save-hidden", action="store_true",
                    help="also store the mean-pooled MLP input of the deepest layer (for the hidden-state probe)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N texts")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Issue 16: do spline features detect toxicity when toxic and clean texts share one source and genre?
+"""Same-genre toxicity: do spline features detect toxicity when toxic and clean texts share one source and genre?
 
     python same_genre.py                     # extract (cached, resumable) + compare; results/same_genre.md
     python same_genre.py --quick             # tiny samples: a smoke run
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent
 MODEL = "smollm2-135m"
 SAME_GENRE = "insults"      # one source and genre, both classes
 CROSS = "talkdown"          # the second source (train on one, test on the other)
-PER_SIDE = 400              # same-genre texts per class (seeded draw); the issue asks for >= 400
+PER_SIDE = 400              # same-genre texts per class (seeded draw); at least 400 per class by design
 CROSS_PER_SIDE = 100        # second-source texts per class (it has 326 of each)
 MAX_LENGTH = 64             # tokens: comments are short (median 18 words); 130 of the 800 are cut (CPU budget)
 BATCH_SIZE = 16
@@ -57,7 +57,7 @@ PAPER_COMMENTS = ["comments:clean"]
 TIMING_PROMPTS = 32         # prompts of the same-genre set timed per feature set (x TIMING_REPEATS, best kept)
 TIMING_REPEATS = 1
 OUT_DIR = "."
-GOAL_GAP = 0.02             # the issue's goal: within 0.02 ROC-AUC of the hidden-state probe
+GOAL_GAP = 0.02             # the goal: within 0.02 ROC-AUC of the hidden-state probe
 QUICK = dict(PER_SIDE=40, CROSS_PER_SIDE=30, MAX_LENGTH=64, FOLDS=3, TIMING_PROMPTS=16, TIMING_REPEATS=1,
              FEATURES_DIR="features/quick")
 # Feature sets compared: (key, label, groups). "paper" = 7 per layer, "id" = the attention-ID profile,
@@ -342,7 +342,7 @@ def report(cfg, results: dict, out_dir: Path) -> str:
     table.write(out_dir)
     (out_dir / "results").mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results" / "same_genre.json", results)
-    md = ["## Same-genre toxicity and richer spline features (issue 16)", "",
+    md = ["## Same-genre toxicity and richer spline features", "",
           "Does the spline geometry detect toxicity when toxic and clean texts come from one source and genre? "
           f"`python same_genre.py` (data: `{cfg['SAME_GENRE']}` and `{cfg['CROSS']}`, see data/README.md). "
           "The paper's tasks put toxic comments against clean documents of other domains, where length and "

@@ -38,7 +38,7 @@ SE = "spectral_editing.py"
 SE_OUT = ["--cache-dir", "{tmp}/sea", "--out-dir", "{tmp}/sea"]
 
 CASES = [
-    # -- extract_features.py: the table --------------------------------------------------------
+    # -- extract_features.py: the first table ----------------------------------------------------------
     ([EF, "--texts", "{tmp}/in.txt", "--model", "some-name", *OUT], 2,
      "unknown model 'some-name': tried an embedded name (smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b), a folder, a .gguf file and a "
      "hub id; the hub is unreachable"),
@@ -85,7 +85,7 @@ CASES = [
      "{tmp}/damaged.parquet exists and was made with other settings (no readable settings: damaged"),
     ([EF, "--texts", "{tmp}/latin1.txt", "--model", "{tiny}", "--out", "{tmp}/latin1.parquet"], 0,
      "{tmp}/latin1.txt: 2 line(s) hold bytes that are not UTF-8; they were replaced by U+FFFD"),
-    # -- the ID experiment: the table, and more ------------------------------------------------
+    # -- the ID experiment ----------------------------------------------------------------------------
     (["ID_estimation.py", "--prepend-words", "a,b"], 2, "argument --prepend-words: 'a,b' is not a comma-separated"),
     (["ID_estimation.py", "--n-statements", "0"], 2, "argument --n-statements: '0' is not a positive integer"),
     (["ID_estimation.py", "--threshold", "2"], 2, "argument --threshold: '2' is not a probability in [0, 1]"),

@@ -1,4 +1,4 @@
-"""The shortcut baselines of issue 16: on data whose label is length they find it; the tables say so."""
+"""The shortcut baselines: on data whose label is length they find it; the tables say so."""
 import sys
 from pathlib import Path
 

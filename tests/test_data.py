@@ -327,7 +327,7 @@ def test_paper_mix_from_local_files():
 
 
 # ----------------------------------------------------------------------------------- registry
-def test_names_cover_the_issue():
+def test_names_cover_the_paper_and_embedded_suites():
     names = set(list_datasets())
     assert {"toxigen", "jigsaw", "dolly", "pile_dm_mathematics", "pile_freelaw", "pile_github",
             "pile_pubmed", "pile_uspto", "rtp", "slurs", "dm_mathematics", "pubmed", "code", "legal",
