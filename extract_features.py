@@ -181,7 +181,7 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
     the model loads); the extraction reads them back one chunk at a time.
     """
     # Imported here so that `--help`, bad arguments and reading features never load torch models.
-    from model_loading import check_device, default_device, load_model, model_config, resolve_dtype
+    from model_loading import check_device, default_device, load_model, model_config, model_fingerprint, resolve_dtype
 
     if (texts is None) == (dataset is None):
         raise UserError("give exactly one of texts (--texts FILE) or dataset (--dataset NAME)")
@@ -239,6 +239,9 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
                     "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
                     "padding_side": padding_side, "input": origin, "limit": limit, "sample": sample,
                     "seed": seed, "n_input_rows": len(selected), "input_sha1": fingerprint}
+        weights = model_fingerprint(model)
+        if weights is not None:  # a folder or .gguf: retrained weights under the same path are another run
+            settings["model_files"] = weights
         if groups:  # only then: a paper-set run keeps the settings (and the files) it always had
             settings["features"] = features
             settings["feature_spec"] = feature_spec(groups)
