@@ -1,8 +1,8 @@
 """A deliberately naive, independent float64 reference for the features, one prompt at a time.
 
 It shares no code with the project: it hooks the stock model's first MLP map to capture h, asks
-the stock eager attention for its full attention maps, and computes every statistic with numpy
-loops in float64, straight from the definitions in PAPER.md.
+the stock eager attention for its full attention maps, and computes every statistic in float64 numpy,
+token by token, straight from the definitions in PAPER.md (no masks, no batching, no torch reductions).
 """
 import numpy as np
 import torch
@@ -51,10 +51,11 @@ def naive_features(model, token_ids: list[int], internals: bool = False):
         w = gate.weight.detach().double().numpy()
         if type(gate).__name__ == "Conv1D":
             w = w.T
-        norms = [np.sqrt(sum(v * v for v in row)) for row in w]
+        # numpy in float64, one token at a time: the reference's cost was its Python loop over every weight
+        norms = np.sqrt((w * w).sum(axis=1))
         h = captured[k]
-        frac = [float(np.mean([1.0 if v > 0 else 0.0 for v in token])) for token in h]
-        dist = [min(abs(token[d]) / norms[d] for d in range(len(norms))) for token in h]
+        frac = [float((token > 0).mean()) for token in h]
+        dist = [float((np.abs(token) / norms).min()) for token in h]
 
         def std(xs):
             if len(xs) < 2:
@@ -64,7 +65,7 @@ def naive_features(model, token_ids: list[int], internals: bool = False):
         features.append([np.mean(frac), min(frac), max(frac), std(frac), min(dist), np.mean(dist), std(dist)])
         attn = out.attentions[k][0, :, -1, :].double().numpy()  # [heads, keys], last token's row
         ids.append(sum(int((row > 0.1 * row.max()).sum()) for row in attn))
-        inside["norms"].append(np.array(norms))
+        inside["norms"].append(norms)
         inside["attn"].append(attn)
     if internals:
         return np.array(features), np.array(ids), inside
@@ -97,11 +98,11 @@ def naive_extended(model, token_ids: list[int], quantiles, last_k: int, projecti
             w = w.T
         norms = np.sqrt((w * w).sum(axis=1))
         h = captured[k]
-        frac = np.array([np.mean([1.0 if v > 0 else 0.0 for v in token]) for token in h])
-        dist = np.array([min(abs(token[d]) / norms[d] for d in range(len(norms))) for token in h])
+        frac = np.array([(token > 0).mean() for token in h])
+        dist = np.array([(np.abs(token) / norms).min() for token in h])
         row = [float(np.quantile(frac, q)) for q in quantiles] + [float(np.quantile(dist, q)) for q in quantiles]
         row += [float(frac[-last_k:].mean()), float(dist[-last_k:].mean())]
-        freq = np.array([np.mean([1.0 if token[d] > 0 else 0.0 for token in h]) for d in range(h.shape[1])])
+        freq = (h > 0).mean(axis=0)
         row += list(freq @ np.asarray(projections[k], dtype=np.float64))
         rows.append(row)
     return np.array(rows)

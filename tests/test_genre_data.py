@@ -70,9 +70,8 @@ def test_registered_as_mixed_datasets():
     assert "toxic_insults" not in DATASETS  # mixes are built from clean sets only
 
 
-@pytest.mark.skipif(not (REAL_CACHE / "data" / "prepared" / "insults.json").exists(),
-                    reason="insults not prepared in the cache (python data/prepare.py insults)")
-def test_prepared_insults_in_cache(monkeypatch):
+def test_prepared_insults_in_cache(monkeypatch, prepared_dataset):
+    prepared_dataset("insults")
     monkeypatch.setenv("SPLINE_CACHE", str(REAL_CACHE))
     df = load_dataset("insults", prepare=False)
     counts = df["toxic"].value_counts()
