@@ -25,13 +25,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from cli import UserError, positive_int, run_main
-from statistic_analysis import EARLY_EXIT_LAYERS, PRESETS
+# Idle OpenMP threads wait passively (see extract_features.py): set before torch loads, here and in every
+# step's subprocess, which inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from cli import UserError, positive_int, run_main  # noqa: E402
+from statistic_analysis import EARLY_EXIT_LAYERS, PRESETS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 

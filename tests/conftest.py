@@ -2,9 +2,13 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+# Idle OpenMP threads wait passively, as in the main job (extract_features.py says why): set before any
+# test module loads torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from tiny_models import tiny_stock_model, tiny_tokenizer
+import pytest  # noqa: E402
+
+from tiny_models import tiny_stock_model, tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
