@@ -277,7 +277,13 @@ def cached_timing(cfg, frame: pd.DataFrame, folder: Path) -> tuple[dict, int]:
     rerun reuses it; --only-timing measures it apart from the rest, e.g. while the extraction runs)."""
     import json
     texts = frame["text"].sample(n=min(cfg["TIMING_PROMPTS"], len(frame)), random_state=cfg["SEED"]).tolist()
-    key = json.dumps([cfg["MODEL"], cfg["MAX_LENGTH"], cfg["BATCH_SIZE"], cfg["TIMING_REPEATS"], texts])
+    import torch
+    from model_loading import model_fingerprint
+    # Everything the timings depend on: the model (and a folder's files), the sets timed, the batches, the
+    # threads they ran on, and the texts themselves.
+    key = json.dumps([cfg["MODEL"], model_fingerprint(cfg["MODEL"]), cfg["MAX_LENGTH"], cfg["BATCH_SIZE"],
+                      cfg["TIMING_REPEATS"], [[k, list(groups)] for k, _, groups in cfg["SETS"]],
+                      torch.get_num_threads(), texts])
     path = folder / "timing.json"
     with output_lock(path, "the extraction-time cache"):
         cache = json.loads(path.read_text()) if path.exists() else {}
