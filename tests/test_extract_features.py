@@ -81,7 +81,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_llama_dir, caplog):
                                                      "--out", str(tmp_path / "x.parquet")]) == 2
     with pytest.raises(UserError, match="input file not found"):
         run(tmp_path, tmp_path / "missing.txt", model=tiny_llama_dir)
-    with pytest.raises(UserError, match=r"layers \[4, 5, 6, 7, 8, 9\] out of range: the model has 4 layers"):
+    with pytest.raises(UserError, match=r"--layers 2-9 is out of range: the model has 4 layers \(0..3\)"):
         run(tmp_path, model=tiny_llama_dir, layers="2-9")
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"w1 w2\n\xff\xfe w3\n")
