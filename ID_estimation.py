@@ -74,10 +74,12 @@ RESULTS_DIR = default_results_dir(MODEL)   # toxicity_id_eval/results (another -
 # --quick: a smoke test of the whole pipeline (numbers too few to conclude anything); results in results/quick.
 QUICK = {"n_statements": 2, "prepend_words": (0, 200), "max_new_tokens": 40}
 
-KEY_COLUMNS = ["Prompt", "Model", "Chat Template", "Instruction", "Max New Tokens"]
+# A finished row is reused only when all of these match: the prompt's text and every setting that changes
+# its answer or ID ("Weights": the --dtype when not auto, and a model folder's or .gguf's file fingerprint).
+KEY_COLUMNS = ["Prompt", "Model", "Weights", "Chat Template", "Instruction", "Max New Tokens"]
 COLUMNS = ["Category", "Statement ID", "Prepended", "Prepend Words", "Prompt", "Response", "Label", "Toxicity",
            "Refusal", "ID", "ID Mean", "Context Length", "Generated Tokens", "Statement", "Source", "Keyword",
-           "Model", "Chat Template", "Instruction", "Max New Tokens"]
+           "Model", "Weights", "Chat Template", "Instruction", "Max New Tokens"]
 
 
 # -- prompts ------------------------------------------------------------------------------------------
@@ -189,17 +191,18 @@ def _write(frame: pd.DataFrame, path: Path) -> None:
 def run_experiment(prompts: dict[str, pd.DataFrame], model, tokenizer, model_name: str,
                    results_dir: Path | str = RESULTS_DIR, max_new_tokens: int = MAX_NEW_TOKENS,
                    batch_size: int = BATCH_SIZE, chat_template: bool = True, instruction: str = INSTRUCTION,
-                   threshold: float = TOXIC_THRESHOLD, load=None) -> dict[str, pd.DataFrame]:
+                   threshold: float = TOXIC_THRESHOLD, load=None, weights: str = "") -> dict[str, pd.DataFrame]:
     """Measure every prompt of ``prompts`` (category -> prompt rows); returns category -> results.
 
     Finished rows found in the results files are reused; the others are computed in batches (all
     categories together, sorted by length) and the files are rewritten after every batch. ``load``:
-    a function returning (model, tokenizer), called only when something is left to compute.
+    a function returning (model, tokenizer), called only when something is left to compute. ``weights``
+    tells apart two models of one name (see :func:`weights_key`).
     """
     results, todo = {}, []
     for category, frame in prompts.items():
         frame = frame.copy()
-        frame["Model"], frame["Chat Template"] = model_name, bool(chat_template)
+        frame["Model"], frame["Weights"], frame["Chat Template"] = model_name, weights, bool(chat_template)
         frame["Instruction"], frame["Max New Tokens"] = instruction, int(max_new_tokens)
         old = read_results(results_path(category, results_dir))
         if len(old):
@@ -322,6 +325,13 @@ def main(argv=None, model=None, tokenizer=None) -> dict[str, pd.DataFrame]:
         return _run(args, model, tokenizer)
 
 
+def weights_key(model: str, dtype: str = "auto") -> str:
+    """What besides its name identifies the model's computation: the dtype when not auto, and for a folder
+    or .gguf file its files' fingerprint (retrained weights under one path); "" for an embedded model."""
+    from model_loading import model_fingerprint
+    return " ".join(part for part in ("" if dtype == "auto" else dtype, model_fingerprint(model) or "") if part)
+
+
 def _run(args, model, tokenizer) -> dict[str, pd.DataFrame]:
     missing = [c for c in args.categories if not prompts_path(c, args.prompts_dir).exists()]
     if missing:  # one pass over the source corpora for all of them, not one per category
@@ -336,7 +346,8 @@ def _run(args, model, tokenizer) -> dict[str, pd.DataFrame]:
 
     # main holds the results folder's lock for the whole run (resumable csvs, one writer).
     results = run_experiment(prompts, model, tokenizer, args.model, args.results_dir, args.max_new_tokens,
-                             args.batch_size, not args.no_chat_template, args.instruction, args.threshold, load)
+                             args.batch_size, not args.no_chat_template, args.instruction, args.threshold, load,
+                             weights=weights_key(args.model, args.dtype))
     for category, frame in results.items():
         print(f"{category}: {len(frame)} rows, toxic generations {int(frame['Label'].sum())}, refusals "
               f"{int(frame['Refusal'].sum())}, mean ID {frame['ID Mean'].astype(float).mean():.1f} -> "

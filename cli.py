@@ -113,11 +113,13 @@ def layer_spec(text: str) -> str:
     return text
 
 
-def parse_layer_spec(spec, n_layers: int | None) -> list[int] | None:
+def parse_layer_spec(spec, n_layers: int | None, flag: str = "--layers") -> list[int] | None:
     """Layer indices of a spec: 'all', 'last-L' (the last L layers), 'a-b', 'a,b,c', an int or a list.
 
-    With ``n_layers`` None only the syntax is checked (and None returned)."""
+    With ``n_layers`` None only the syntax is checked (and None returned). An out-of-range spec is refused
+    naming ``flag`` and the spec as typed, not its expansion ('30-99' would list 70 numbers)."""
     hint = "use 'all', 'last-L', 'a-b' or a comma list such as 0,5,10"
+    typed = f"{flag} {spec}" if isinstance(spec, (str, int)) else f"{flag} {','.join(map(str, spec))}"
     if isinstance(spec, (list, tuple, range)):
         layers = [int(i) for i in spec]
     elif isinstance(spec, int):
@@ -145,7 +147,7 @@ def parse_layer_spec(spec, n_layers: int | None) -> list[int] | None:
         return None
     bad = [i for i in layers if not 0 <= i < n_layers]
     if bad or not layers:
-        raise UserError(f"layers {bad or spec} out of range: the model has {n_layers} layers (0..{n_layers - 1}); {hint}")
+        raise UserError(f"{typed} is out of range: the model has {n_layers} layers (0..{n_layers - 1}); {hint}")
     return sorted(set(layers))
 
 

@@ -3,7 +3,7 @@
     python extract_features.py --model smollm2-135m --texts FILE --out OUT.parquet
     python extract_features.py --dataset rtp                  # a named dataset of data/
     python extract_features.py --dataset rtp --layers 0-2     # early exit after layer 2
-    python extract_features.py --dataset insults --features extended   # + the richer set of issue 16
+    python extract_features.py --dataset insults --features extended   # + the richer statistics
 
 FILE is .txt (one text per line), .csv, .jsonl or .parquet; --text-column names the text column
 (default ``text``) and every other column passes through to the output. Prompts are tokenised
@@ -29,6 +29,11 @@ from pathlib import Path
 # Arrow picks its memory pool when pyarrow is first imported, and pandas imports it before feature_io
 # can: the system allocator, as feature_io explains, so the buffers of finished chunks go back.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+# OpenMP (GNU libgomp, read when torch loads) lets idle threads spin for work by default: on 2 cores the
+# spinning doubled the extraction's CPU seconds without making it faster, and far slower on a shared
+# machine (48 pubmed prompts, 2 threads: 51.8 CPU s active, 24.8 passive; 1 thread 22.5). Passive unless
+# the user chose.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -181,7 +186,7 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
     the model loads); the extraction reads them back one chunk at a time.
     """
     # Imported here so that `--help`, bad arguments and reading features never load torch models.
-    from model_loading import check_device, default_device, load_model, model_config, resolve_dtype
+    from model_loading import check_device, default_device, load_model, model_config, model_fingerprint, resolve_dtype
 
     if (texts is None) == (dataset is None):
         raise UserError("give exactly one of texts (--texts FILE) or dataset (--dataset NAME)")
@@ -195,6 +200,9 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
     if features not in FEATURE_SETS:
         raise UserError(f"features must be one of {list(FEATURE_SETS)}, got {features!r}")
     groups = FEATURE_SETS[features]
+    # The layers are checked against the model's config (a small file) before any input is read.
+    n_layers_total = model_config(model).get_text_config().num_hidden_layers
+    layers = parse_layer_spec("all" if layers is None else layers, n_layers_total)
     if dataset is not None:
         from data import load_dataset
         source, origin = load_dataset(dataset), f"dataset {dataset!r}"
@@ -218,8 +226,6 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
         device = str(PartialState().device)
     device = device or (None if device_map is not None else default_device())
     torch_dtype = resolve_dtype(dtype, device or "cuda")
-    n_layers_total = model_config(model).get_text_config().num_hidden_layers
-    layers = parse_layer_spec("all" if layers is None else layers, n_layers_total)
     out = Path(out) if out is not None else default_out(model, name, layers, n_layers_total, features_dir)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -238,6 +244,9 @@ def extract_features(texts=None, *, dataset: str | None = None, out=None, model:
                     "max_length": max_length, "with_id": with_id, "save_hidden": save_hidden,
                     "padding_side": padding_side, "input": origin, "limit": limit, "sample": sample,
                     "seed": seed, "n_input_rows": len(selected), "input_sha1": fingerprint}
+        weights = model_fingerprint(model)
+        if weights is not None:  # a folder or .gguf: retrained weights under the same path are another run
+            settings["model_files"] = weights
         if groups:  # only then: a paper-set run keeps the settings (and the files) it always had
             settings["features"] = features
             settings["feature_spec"] = feature_spec(groups)
@@ -434,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-id", action="store_true", help="skip the attention intrinsic dimension")
     p.add_argument("--features", default=FEATURES, choices=list(FEATURE_SETS),
                    help="paper: the 7 statistics per layer (default); extended: plus the richer set chosen in "
-                        "issue 16 (see RESULTS.md, same_genre section); candidates: plus every richer group")
+                        "the same-genre comparison (see RESULTS.md, same-genre section); candidates: plus every richer group")
     p.add_argument("--save-hidden", action="store_true",
                    help="also store the mean-pooled MLP input of the deepest layer (for the hidden-state probe)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N texts")

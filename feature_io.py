@@ -41,7 +41,7 @@ METADATA_KEY = b"spline_geometry"
 log = logging.getLogger("feature_io")
 LIST_COLUMNS = ("spline_features", "intrinsic_dimension", "hidden_mean", "extended_features")
 
-# Richer statistics of the same gate pre-activations (issue 16), per layer, in this order. spline_stats.py
+# Richer statistics of the same gate pre-activations, per layer, in this order. spline_stats.py
 # computes them; the names live here so that the analysis reads them without torch.
 QUANTILES = (0.1, 0.5, 0.9)   # of the per-token active fraction and distance (numpy's 'linear' rule)
 LAST_TOKENS = 4               # mean of frac and dist over the prompt's last 4 real tokens (fewer if shorter)
@@ -52,7 +52,7 @@ FEATURE_GROUPS = {
     "last": (f"frac_last{LAST_TOKENS}", f"dist_last{LAST_TOKENS}"),
     "regions": tuple(f"region{j}" for j in range(REGION_DIMS)),
 }
-# --features: the paper's 7 per layer alone; the chosen compact set (issue 16's comparison, see
+# --features: the paper's 7 per layer alone; the chosen compact set (the same-genre comparison, see
 # same_genre.py and RESULTS.md); every candidate group (for that comparison). The chosen detector is the
 # region projection alone (16 per layer: 480 features for a 30-layer model); same_genre.py's table shows
 # it beside the paper's 7 per layer, their union and the hidden-state probe.

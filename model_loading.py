@@ -283,3 +283,28 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype="auto", device: str | No
 def model_slug(model: str) -> str:
     """The folder name of a model's outputs: its registry name, or a path's last part without ``.gguf``."""
     return Path(str(model).rstrip("/")).name.removesuffix(".gguf")
+
+
+def model_fingerprint(model: str) -> str | None:
+    """What identifies a model's weights beyond its name, for the caches keyed on the model: None for an
+    embedded name (its packages are pinned by version and sha256 in EMBEDDED_MODELS) and for a hub id;
+    for a folder or a .gguf file, a SHA-1 of its config files' bytes and its weight files' names, sizes
+    and modification times (hashing gigabytes of weights on every run would cost more than the cache saves).
+    Retraining into the same folder changes it, so cached rows of the old weights are not reported as current."""
+    name = str(model)
+    if name in EMBEDDED_MODELS:
+        return None
+    path = Path(name).expanduser()
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        return None
+    digest = hashlib.sha1()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        if file.suffix == ".json" and stat.st_size < 1 << 20:
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]

@@ -7,7 +7,8 @@ Steps, each reusing what an earlier run finished (rerunning is cheap, an interru
 features made with other settings, after a constant was edited, are extracted again):
   1. prepare the packaged datasets (data/prepare.py)                                          ("data")
   2. extract spline features + ID of a seeded sample of each dataset, all layers (features/<model>/)
-     and, for the toxicity detector's latency, the first 3 layers with early exit (layers0-2/) ("features")
+     and, for the fast detector's latency, the first 3 layers with early exit on a sample of those
+     prompts (layers0-2/; its features are the full files' first layers)                        ("features")
   3. ID_estimation.py + toxicity_id_eval/id_plotting.py for the four categories                ("id")
   4. the second embedded model, Qwen2.5-Coder-0.5B-Instruct: assembled from its chunk packages and
      converted once, features of a smaller sample of each dataset, the ID experiment with fewer
@@ -25,13 +26,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from cli import UserError, positive_int, run_main
-from statistic_analysis import EARLY_EXIT_LAYERS, PRESETS
+# Idle OpenMP threads wait passively (see extract_features.py): set before torch loads, here and in every
+# step's subprocess, which inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from cli import UserError, positive_int, run_main  # noqa: E402
+from statistic_analysis import EARLY_EXIT_LAYERS, PRESETS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 
@@ -57,6 +63,12 @@ SECOND_MODEL = "qwen2.5-coder-0.5b"
 SECOND_SAMPLE = 48       # texts per dataset (SmolLM2: SAMPLE = 250)
 SECOND_ID = ["--n-statements", "3", "--prepend-words", "0,100,400", "--max-new-tokens", "32"]
 SECOND_QUICK = dict(SAMPLE=16, ID=["--n-statements", "1", "--prepend-words", "0,200", "--max-new-tokens", "12"])
+# The fast detector (RF on the first 3 layers) reads those layers from the full files: early exit computes
+# the same layers of the same forward. Only its latency needs an early-exit run, timed on a seeded sample of
+# each full file's prompts (a second extraction of every prompt: 1.0 CPU s per 5.5 of the full run, measured
+# on 48 rtp prompts).
+EARLY_SAMPLE = 48        # prompts per dataset (QUICK: EARLY_QUICK)
+EARLY_QUICK = 16
 STEPS = ("data", "features", "id", "qwen", "same_genre", "sea", "selfie", "topics", "analysis")  # the names --skip understands
 
 
@@ -72,6 +84,19 @@ def call(args: list[str]) -> None:
     if done.returncode != 0:
         sys.exit(f"step failed: python {' '.join(args)} (exit {done.returncode}); fix it and rerun: "
                  "finished work is kept and reused.")
+
+
+def early_exit_latency(full: dict, model: str, max_length: int, n: int) -> None:
+    """The first-3-layer early-exit run on ``n`` seeded prompts of each full feature file, into
+    <its folder>/layers0-2/ (statistic_analysis.py reads their latency; the features come from the full file)."""
+    from extract_features import extract_features
+    from feature_io import load_features
+    for name, path in full.items():
+        texts = load_features(path)[2]["text"]
+        chosen = texts.sample(n=min(n, len(texts)), random_state=SEED).reset_index(drop=True)
+        extract_features(chosen.to_frame("text"), out=Path(path).parent / f"layers0-{EARLY_EXIT_LAYERS - 1}" / f"{name}.parquet",
+                         model=model, max_length=max_length, batch_size=BATCH_SIZE,
+                         layers=f"0-{EARLY_EXIT_LAYERS - 1}", with_id=False, replace_stale=True, progress=False)
 
 
 def main(argv=None) -> int:
@@ -101,14 +126,11 @@ def main(argv=None) -> int:
     if "features" not in skip:
         t = step(f"2/9 features: {len(DATASETS)} datasets x {sample} texts, max {max_length} tokens")
         from extract_features import extract_features
-        for name in DATASETS:
-            extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
-                             batch_size=BATCH_SIZE, save_hidden=True, features_dir=features_dir,
-                             replace_stale=True, features=FEATURE_SET)
-        for name in DATASETS:  # the 3-layer detector's own (early-exit) latency
-            extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
-                             batch_size=BATCH_SIZE, layers=f"0-{EARLY_EXIT_LAYERS - 1}", with_id=False, features_dir=features_dir,
-                             replace_stale=True)
+        full = {name: extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
+                                       batch_size=BATCH_SIZE, save_hidden=True, features_dir=features_dir,
+                                       replace_stale=True, features=FEATURE_SET)
+                for name in DATASETS}
+        early_exit_latency(full, args.model, max_length, EARLY_QUICK if args.quick else EARLY_SAMPLE)
         timings["features"] = time.perf_counter() - t
 
     if "id" not in skip:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Issue 16: do spline features detect toxicity when toxic and clean texts share one source and genre?
+"""Same-genre toxicity: do spline features detect toxicity when toxic and clean texts share one source and genre?
 
     python same_genre.py                     # extract (cached, resumable) + compare; results/same_genre.md
     python same_genre.py --quick             # tiny samples: a smoke run
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent
 MODEL = "smollm2-135m"
 SAME_GENRE = "insults"      # one source and genre, both classes
 CROSS = "talkdown"          # the second source (train on one, test on the other)
-PER_SIDE = 400              # same-genre texts per class (seeded draw); the issue asks for >= 400
+PER_SIDE = 400              # same-genre texts per class (seeded draw); at least 400 per class by design
 CROSS_PER_SIDE = 100        # second-source texts per class (it has 326 of each)
 MAX_LENGTH = 64             # tokens: comments are short (median 18 words); 130 of the 800 are cut (CPU budget)
 BATCH_SIZE = 16
@@ -57,7 +57,7 @@ PAPER_COMMENTS = ["comments:clean"]
 TIMING_PROMPTS = 32         # prompts of the same-genre set timed per feature set (x TIMING_REPEATS, best kept)
 TIMING_REPEATS = 1
 OUT_DIR = "."
-GOAL_GAP = 0.02             # the issue's goal: within 0.02 ROC-AUC of the hidden-state probe
+GOAL_GAP = 0.02             # the goal: within 0.02 ROC-AUC of the hidden-state probe
 QUICK = dict(PER_SIDE=40, CROSS_PER_SIDE=30, MAX_LENGTH=64, FOLDS=3, TIMING_PROMPTS=16, TIMING_REPEATS=1,
              FEATURES_DIR="features/quick")
 # Feature sets compared: (key, label, groups). "paper" = 7 per layer, "id" = the attention-ID profile,
@@ -277,7 +277,13 @@ def cached_timing(cfg, frame: pd.DataFrame, folder: Path) -> tuple[dict, int]:
     rerun reuses it; --only-timing measures it apart from the rest, e.g. while the extraction runs)."""
     import json
     texts = frame["text"].sample(n=min(cfg["TIMING_PROMPTS"], len(frame)), random_state=cfg["SEED"]).tolist()
-    key = json.dumps([cfg["MODEL"], cfg["MAX_LENGTH"], cfg["BATCH_SIZE"], cfg["TIMING_REPEATS"], texts])
+    import torch
+    from model_loading import model_fingerprint
+    # Everything the timings depend on: the model (and a folder's files), the sets timed, the batches, the
+    # threads they ran on, and the texts themselves.
+    key = json.dumps([cfg["MODEL"], model_fingerprint(cfg["MODEL"]), cfg["MAX_LENGTH"], cfg["BATCH_SIZE"],
+                      cfg["TIMING_REPEATS"], [[k, list(groups)] for k, _, groups in cfg["SETS"]],
+                      torch.get_num_threads(), texts])
     path = folder / "timing.json"
     with output_lock(path, "the extraction-time cache"):
         cache = json.loads(path.read_text()) if path.exists() else {}
@@ -342,7 +348,7 @@ def report(cfg, results: dict, out_dir: Path) -> str:
     table.write(out_dir)
     (out_dir / "results").mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results" / "same_genre.json", results)
-    md = ["## Same-genre toxicity and richer spline features (issue 16)", "",
+    md = ["## Same-genre toxicity and richer spline features", "",
           "Does the spline geometry detect toxicity when toxic and clean texts come from one source and genre? "
           f"`python same_genre.py` (data: `{cfg['SAME_GENRE']}` and `{cfg['CROSS']}`, see data/README.md). "
           "The paper's tasks put toxic comments against clean documents of other domains, where length and "

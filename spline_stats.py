@@ -90,7 +90,7 @@ def unit_activation_frequency(h: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return positive.sum(dim=1, dtype=torch.int32).float() / mask.sum(dim=1, dtype=torch.float32)[:, None]
 
 
-# -- richer statistics of the same partition (issue 16; names and sizes in feature_io.FEATURE_GROUPS) ----
+# -- richer statistics of the same partition (names and sizes in feature_io.FEATURE_GROUPS) -------------
 def token_quantiles(x: torch.Tensor, mask: torch.Tensor, quantiles=QUANTILES) -> torch.Tensor:
     """Quantiles of per-token series over each prompt's real tokens, numpy's 'linear' rule.
 

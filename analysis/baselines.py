@@ -1,9 +1,10 @@
-"""Baselines that expose shortcuts (issue 16): detectors that see only a prompt's length or its surface.
+"""Baselines that expose shortcuts: features that show only a prompt's length or its surface.
 
 If toxic and clean prompts differ in length or typography (comments vs documents, shouting, swear
 punctuation), these reach a high ROC-AUC without reading a word; a spline detector that does no better
-than them has not shown that it detects toxicity. They are scored on the same folds as every detector,
-and the detection tables say when one comes within SHORTCUT_MARGIN of the best spline detector.
+than them has not shown that it detects toxicity. analysis.detectors scores them on the same folds as every
+detector, and the detection tables say when one comes within SHORTCUT_MARGIN of the best spline detector.
+This module depends on no detector: the dependencies run detectors -> baselines.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import string
 import numpy as np
 
 from .data import Task
-from .models import Settings, fit_quiet, make_lr, positive_scores, timed
 
 SHORTCUT_MARGIN = 0.05   # ROC-AUC: a shortcut baseline this close to the spline detector is flagged
 SURFACE_NAMES = ("log characters", "log words", "mean word length", "punctuation ratio", "capital ratio",
@@ -44,26 +44,6 @@ def surface_features(texts) -> np.ndarray:
                      sum(c.isspace() for c in text) / chars,
                      sum(c in "!?" for c in text) / chars])
     return np.asarray(rows, dtype=np.float64)
-
-
-def _lr_on(matrix_of, s: Settings):
-    def fit_score(task: Task, train, test):
-        X = matrix_of(task)
-        model = fit_quiet(make_lr(s), X[train], task.y[train])
-        return timed(positive_scores, model, X[test])
-    return fit_score
-
-
-def shortcut_detectors(s: Settings) -> list:
-    """The two shortcut baselines as analysis.detectors.Detector entries (no model: latency 0)."""
-    from .detectors import Detector
-    return [
-        Detector("length_only", "Length only (LR on token count)", "log token count (+ square)",
-                 _lr_on(length_features, s), 0.0, "shortcut baseline: sees only the prompt's length"),
-        Detector("surface", "Surface statistics (LR)", f"{len(SURFACE_NAMES)} character/word statistics",
-                 _lr_on(lambda t: surface_features(t.texts), s), 0.0,
-                 "shortcut baseline: lengths, punctuation, capital, digit and space ratios; no words"),
-    ]
 
 
 SPLINE_KEYS = ("spline_lr", "spline_rf", "spline_rf_early")

@@ -95,6 +95,7 @@ class Corpus:
         self.features_dir = Path(features_dir)
         self.early_dir = Path(early_dir) if early_dir else None
         self.early_layers = None  # the layers of the early-exit files, when there are some
+        self.early_sampled = {}   # dataset -> (prompts timed with early exit, prompts in the full file)
         self.notes: list[str] = []
         self.missing: list[str] = []
         self.data: dict[str, DatasetFeatures] = {}
@@ -162,13 +163,24 @@ class Corpus:
             ep = self.early_dir / f"{name}.parquet"
             if ep.exists():
                 espline, _, emeta = load_features(ep)
-                if len(emeta) != len(meta) or not np.array_equal(emeta["row_id"].to_numpy(), meta["row_id"].to_numpy()) \
-                        or not (emeta["text"].to_numpy() == meta["text"].to_numpy()).all():
+                same = len(emeta) == len(meta) and np.array_equal(emeta["row_id"].to_numpy(), meta["row_id"].to_numpy()) \
+                    and (emeta["text"].to_numpy() == meta["text"].to_numpy()).all()
+                position = {text: i for i, text in enumerate(meta["text"])}
+                if same:
+                    X_early = espline.reshape(len(espline), -1).astype(np.float64)
+                    latency_early = emeta["latency_s"].to_numpy(np.float64)
+                elif len(emeta) < len(meta) and all(text in position for text in emeta["text"]):
+                    # A latency sample: early exit timed on some of the full file's prompts. The first layers'
+                    # features are the full run's own (the same layers of the same forward), sliced; the
+                    # early-exit latency is known for the sampled rows only (NaN elsewhere, averaged without).
+                    X_early = X[:, :espline.shape[1] * espline.shape[2]]
+                    latency_early = np.full(len(meta), np.nan)
+                    latency_early[[position[t] for t in emeta["text"]]] = emeta["latency_s"].to_numpy(np.float64)
+                    self.early_sampled[name] = (len(emeta), len(meta))
+                else:
                     raise AnalysisInputError(
-                        f"{ep} and {path} do not hold the same prompts (row_id/text differ): "
-                        "re-extract the early-exit file from the same dataset.")
-                X_early = espline.reshape(len(espline), -1).astype(np.float64)
-                latency_early = emeta["latency_s"].to_numpy(np.float64)
+                        f"{ep} and {path} do not hold the same prompts (row_id/text differ), nor is the first a "
+                        "sample of the second's: re-extract the early-exit file from the same dataset.")
             else:
                 notes.append(f"{name}: no early-exit file in {self.early_dir}.")
         if len(meta) == 0:

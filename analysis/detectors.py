@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline
 
 from feature_io import FEATURE_STATS
 
-from .baselines import shortcut_detectors
+from .baselines import SURFACE_NAMES, length_features, surface_features
 from .data import Task
 from .models import Settings, fit_quiet, make_lr, make_rf, positive_scores, timed
 
@@ -46,6 +46,18 @@ def _on(matrix_of: Callable, make_model: Callable):
         model = fit_quiet(make_model(), X[train], task.y[train])
         return timed(positive_scores, model, X[test])
     return fit_score
+
+
+def shortcut_detectors(s: Settings) -> list[Detector]:
+    """The two shortcut baselines of analysis/baselines.py (no model: latency 0)."""
+    lr = lambda: make_lr(s)  # noqa: E731
+    return [
+        Detector("length_only", "Length only (LR on token count)", "log token count (+ square)",
+                 _on(length_features, lr), 0.0, "shortcut baseline: sees only the prompt's length"),
+        Detector("surface", "Surface statistics (LR)", f"{len(SURFACE_NAMES)} character/word statistics",
+                 _on(lambda t: surface_features(t.texts), lr), 0.0,
+                 "shortcut baseline: lengths, punctuation, capital, digit and space ratios; no words"),
+    ]
 
 
 def _tfidf_lr(s: Settings):

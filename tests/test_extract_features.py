@@ -81,7 +81,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_llama_dir, caplog):
                                                      "--out", str(tmp_path / "x.parquet")]) == 2
     with pytest.raises(UserError, match="input file not found"):
         run(tmp_path, tmp_path / "missing.txt", model=tiny_llama_dir)
-    with pytest.raises(UserError, match=r"layers \[4, 5, 6, 7, 8, 9\] out of range: the model has 4 layers"):
+    with pytest.raises(UserError, match=r"--layers 2-9 is out of range: the model has 4 layers \(0..3\)"):
         run(tmp_path, model=tiny_llama_dir, layers="2-9")
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"w1 w2\n\xff\xfe w3\n")
@@ -250,3 +250,36 @@ def test_files_and_parts_of_the_earlier_nullable_layout_still_load_and_resume(tm
     resumed = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet"))
     np.testing.assert_allclose(resumed[0], reference[0], atol=1e-6)
     np.testing.assert_array_equal(resumed[1], reference[1])
+
+
+# -- stale caches: change one input, rerun into the same output ----------------------------------------
+def test_interrupted_parts_of_other_texts_are_not_resumed(tmp_path, tiny_llama_dir, kill_extraction):
+    """One text edited between the killed run and its rerun: the parts are refused (one line, the way out),
+    and with replace_stale every row is of the new texts."""
+    kill_extraction(4)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=2, name="r.parquet")
+    assert list((tmp_path / "r.parquet.parts").glob("part-*.parquet"))
+    kill_extraction.undo()
+    edited = list(PROMPTS)
+    edited[0] = edited[0] + " w9"
+    with pytest.raises(RunMismatchError, match=r"interrupted run with other settings \(input_sha1"):
+        run(tmp_path, edited, model=tiny_llama_dir, batch_size=2, flush_every=2, name="r.parquet")
+    again = load_features(run(tmp_path, edited, model=tiny_llama_dir, batch_size=2, flush_every=2, name="r.parquet",
+                              replace_stale=True))
+    fresh = load_features(run(tmp_path, edited, model=tiny_llama_dir, batch_size=2, name="fresh.parquet"))
+    assert again[2]["text"].tolist() == edited
+    np.testing.assert_array_equal(again[0], fresh[0])
+
+
+def test_new_weights_in_the_same_model_folder_are_not_reported_as_current(tmp_path, tiny_llama_dir):
+    import shutil
+    from tiny_models import tiny_stock_model
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    before = load_features(run(tmp_path, model=folder))
+    tiny_stock_model("llama", seed=1).save_pretrained(folder)  # retrained into the same folder
+    with pytest.raises(RunMismatchError, match="model_files"):
+        run(tmp_path, model=folder)
+    after = load_features(run(tmp_path, model=folder, replace_stale=True))
+    assert not np.array_equal(after[0], before[0])

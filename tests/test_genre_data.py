@@ -1,4 +1,4 @@
-"""The same-genre datasets of issue 16 (insults, talkdown): readers on fixtures in the sources' own
+"""The same-genre datasets (insults, talkdown): readers on fixtures in the sources' own
 formats, the counted clean-up, and the prepared files in the real cache when they are there."""
 import os
 import sys
@@ -70,11 +70,10 @@ def test_registered_as_mixed_datasets():
     assert "toxic_insults" not in DATASETS  # mixes are built from clean sets only
 
 
-@pytest.mark.skipif(not (REAL_CACHE / "data" / "prepared" / "insults.json").exists(),
-                    reason="insults not prepared in the cache (python data/prepare.py insults)")
-def test_prepared_insults_in_cache(monkeypatch):
+def test_prepared_insults_in_cache(monkeypatch, prepared_dataset):
+    prepared_dataset("insults")
     monkeypatch.setenv("SPLINE_CACHE", str(REAL_CACHE))
     df = load_dataset("insults", prepare=False)
     counts = df["toxic"].value_counts()
-    assert counts[1] >= 400 and counts[0] >= 400          # the issue's minimum per side
+    assert counts[1] >= 400 and counts[0] >= 400          # same_genre.PER_SIDE's minimum per side
     assert len(df) > 6000 and df["text"].is_unique and not df["text"].str.contains("\ufffd").any()

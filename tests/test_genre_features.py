@@ -1,4 +1,4 @@
-"""Issue 16's richer statistics: each equals a naive float64 computation, a batch equals one prompt at a
+"""The richer statistics: each equals a naive float64 computation, a batch equals one prompt at a
 time, and asking for them leaves the paper's 7 per layer exactly as they were."""
 import numpy as np
 import pytest

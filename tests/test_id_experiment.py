@@ -152,6 +152,45 @@ def test_category_switching(tiny, prompts_dir, tmp_path):
     assert set(muslim["muslim"]["Prompt"]).isdisjoint(woman["woman"]["Prompt"])
 
 
+def test_rows_of_another_prompt_dtype_or_weights_are_recomputed(tiny, prompts_dir, tmp_path, monkeypatch):
+    """A stale-cache check of the results csv: change one input, rerun into the same file, and only the
+    rows it changes are computed again (the others are reused, none is reported from the old input)."""
+    _, model, tokenizer = tiny
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"1")
+    results = tmp_path / "results"
+    argv = ["--category", "asian", "--model", str(folder), "--prompts-dir", str(prompts_dir), "--results-dir",
+            str(results), "--n-statements", "2", "--prepend-words", "0,25", "--max-new-tokens", "2",
+            "--instruction", "{prompt}"]
+    real_generate, calls = E.generate, []
+
+    def counting_generate(model_, tok, input_ids, *a, **k):
+        calls.append(len(input_ids))
+        return real_generate(model_, tok, input_ids, *a, **k)
+    monkeypatch.setattr(E, "generate", counting_generate)
+    first = E.main(argv, model=model, tokenizer=tokenizer)["asian"]
+    assert sum(calls) == 4
+    # one prompt's text changes in its file: that row only
+    path = B.prompts_path("asian", prompts_dir)
+    frame = pd.read_csv(path, keep_default_na=False)
+    old_prompt = first["Prompt"][0]
+    frame.loc[frame["Prompt"] == old_prompt, "Prompt"] = old_prompt + " w9"
+    frame.to_csv(path, index=False)
+    calls.clear()
+    second = E.main(argv, model=model, tokenizer=tokenizer)["asian"]
+    assert sum(calls) == 1 and len(second) == 4
+    assert old_prompt + " w9" in set(second["Prompt"]) and old_prompt not in set(second["Prompt"])
+    # another dtype, then new weights in the same folder: every row
+    for change in (lambda: argv.extend(["--dtype", "float32"]),
+                   lambda: (folder / "model.safetensors").write_bytes(b"22")):
+        change()
+        calls.clear()
+        again = E.main(argv, model=model, tokenizer=tokenizer)["asian"]
+        assert sum(calls) == 4 and len(again) == 4 and again["Weights"].nunique() == 1
+
+
 def test_labels_and_refusals():
     labels = E.label_answers(["I cannot help with that request.", "The weather is sunny today.", ""])
     assert labels["Refusal"].tolist() == [1, 0, 0]

@@ -114,3 +114,22 @@ def test_tuned_logistic_regression_regularises_wide_sets_and_falls_back_on_tiny_
     # Two rows of a class cannot be split in 3 inner folds: the middle of the grid, no error.
     small = fit_quiet(make_lr(tuned), X[:4], np.array([0, 1, 0, 1]))
     assert small.C_ == 0.1 and positive_scores(small, X[:3]).shape == (3,)
+
+
+def test_timing_cache_is_keyed_on_the_sets_texts_and_model(tmp_path, monkeypatch):
+    """The stale-cache check of timing.json: change one input, rerun into the same folder, and the timing
+    is measured again (never the old sets' or texts' numbers reported as current)."""
+    calls = []
+    monkeypatch.setattr(same_genre, "time_sets", lambda cfg, texts: calls.append(len(texts)) or {"n": len(calls)})
+    cfg = {"MODEL": "smollm2-135m", "MAX_LENGTH": 64, "BATCH_SIZE": 16, "TIMING_REPEATS": 1, "TIMING_PROMPTS": 4,
+           "SEED": 0, "SETS": [("paper", "paper's 7", ("paper",)), ("extended", "richer", ("paper", "quantiles"))]}
+    frame = synthetic(5, 0)
+    assert same_genre.cached_timing(cfg, frame, tmp_path) == ({"n": 1}, 4)
+    assert same_genre.cached_timing(cfg, frame, tmp_path) == ({"n": 1}, 4)          # reused
+    changes = [lambda c, f: (dict(c, SETS=c["SETS"][:1]), f),                       # another list of sets
+               lambda c, f: (c, f.assign(text=f["text"] + " w9")),                  # other texts
+               lambda c, f: (dict(c, MODEL="gemma3-270m"), f),                      # another model
+               lambda c, f: (dict(c, MAX_LENGTH=32), f)]                            # another setting
+    for n, change in enumerate(changes, 2):
+        other_cfg, other_frame = change(cfg, frame)
+        assert same_genre.cached_timing(other_cfg, other_frame, tmp_path)[0] == {"n": n}

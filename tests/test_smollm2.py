@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, MistralConfig
 from feature_io import load_features
 from model_loading import embedded_model_path, load_model, load_tokenizer
 from modeling_mistral import SplineMistralForCausalLM
-from naive_reference import naive_features
+from rounding import assert_recorded_matches_reference
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["The quick brown fox jumps over the lazy dog.", "Hi", "Why is the sky blue? Explain it to a child, "
@@ -46,11 +46,9 @@ def test_features_equal_naive_float64(smol, stock):
     model, tok = smol
     for prompt in PROMPTS:
         token_ids = tok(prompt)["input_ids"]
-        want_spline, want_ids = naive_features(stock, token_ids)
         got = model.spline_recorder.run(torch.tensor([token_ids]), torch.ones(1, len(token_ids)))
         assert got["spline"].shape == (1, 30, 7)
-        np.testing.assert_allclose(got["spline"][0].double().numpy(), want_spline, rtol=1e-4, atol=1e-6)
-        np.testing.assert_array_equal(got["ids"][0].numpy(), want_ids)
+        assert_recorded_matches_reference(got, stock, token_ids)
 
 
 def test_mistral_path_without_window_equals_llama_path(smol):

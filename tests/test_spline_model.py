@@ -9,7 +9,7 @@ from transformers import Phi3Config, Phi3ForCausalLM
 from instrument import UnsupportedArchitecture, instrument
 from modeling_llama import SplineLlamaForCausalLM
 from modeling_mistral import SplineMistralForCausalLM
-from naive_reference import naive_features
+from rounding import assert_recorded_matches_reference
 from tiny_models import random_prompts, tiny_stock_model, tiny_tokenizer
 
 FAMILIES = ["llama", "mistral", "gemma3", "gpt2", "bert"]
@@ -58,10 +58,8 @@ def test_features_equal_naive_float64(family):
     tok = tiny_tokenizer()
     for prompt in random_prompts(5, seed=2, lo=1, hi=10):
         token_ids = tok(prompt)["input_ids"]
-        want_spline, want_ids = naive_features(stock, token_ids)
         got = model.spline_recorder.run(torch.tensor([token_ids]), torch.ones(1, len(token_ids)))
-        np.testing.assert_allclose(got["spline"][0].double().numpy(), want_spline, rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(got["ids"][0].numpy(), want_ids)
+        assert_recorded_matches_reference(got, stock, token_ids)
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma3", "gpt2"])
