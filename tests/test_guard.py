@@ -191,3 +191,17 @@ def test_score_and_chat_from_the_command_line(tmp_path, tiny_llama_dir):
     shown = io.StringIO()
     assert G.cmd_chat(args, stdin=io.StringIO("w1 w2\nw7\n\n"), stdout=shown) == 0
     assert shown.getvalue().count("[guard ") == 2
+
+
+def test_the_guard_bench_runs_in_its_tiny_mode(tmp_path):
+    """Never how fast: only that every condition runs and the in-pass tokens are the unguarded ones."""
+    import sys
+    sys.path.insert(0, str(G.ROOT / "bench"))
+    try:
+        import bench_guard
+    finally:
+        sys.path.pop(0)
+    assert bench_guard.main(["--tiny", "--out-dir", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "guard_latest.json").read_text())
+    assert res["in_pass_tokens_identical"] and set(res["conditions"]) == set(bench_guard.LABELS)
+    assert {t["key"] for t in res["targets"]} == set(bench_guard.TARGETS)
