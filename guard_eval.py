@@ -124,7 +124,6 @@ def baselines(train, test, s) -> dict:
 
 
 def held_out(block) -> dict:
-    from same_genre import subset
     train, test = split(block.y)
     res = {"n_train": int(len(train)), "n_test": int(len(test)), "guards": {}, "baselines": {}}
     for features, layers in SETS:
@@ -134,7 +133,6 @@ def held_out(block) -> dict:
         g = fit_guard(X[train], block.y[train], features, layers)
         res["guards"][_set_key(features, layers)] = guard_metrics(g, X[test], block.y[test])
     res["baselines"] = baselines(train, test, block)
-    del subset
     return res
 
 
