@@ -34,6 +34,7 @@ for folder in (REPO, REPO / "bench"):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench_extraction import machine_info, make_prompts, make_tiny_model  # noqa: E402
 from cli import UserError, non_negative_int, output_lock, positive_int, run_main  # noqa: E402
 
 # -- settings (each one is a command-line flag too) ----------------------------------------------
@@ -58,7 +59,6 @@ LABELS = {"unguarded": "unguarded `model.generate`", "in_pass": "guard in the pa
 
 
 def run(args) -> dict:
-    from bench_extraction import machine_info, make_prompts
     import guard as G
     from model_loading import load_model, load_tokenizer
     model = load_model(args.model, device="cpu")
@@ -193,7 +193,6 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.tiny:
-        from bench_extraction import make_tiny_model
         args.repeats = 1
         if args.model == MODEL:
             args.model = str(make_tiny_model(args.out_dir / "tiny-llama"))

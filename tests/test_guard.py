@@ -205,3 +205,23 @@ def test_the_guard_bench_runs_in_its_tiny_mode(tmp_path):
     res = json.loads((tmp_path / "guard_latest.json").read_text())
     assert res["in_pass_tokens_identical"] and set(res["conditions"]) == set(bench_guard.LABELS)
     assert {t["key"] for t in res["targets"]} == set(bench_guard.TARGETS)
+
+
+@pytest.mark.slow
+def test_a_guard_on_smollm2_scores_its_own_prefill_and_separates_slurs_from_pubmed():
+    """End to end on the real model: fit on a few labelled texts, then generate scores equal the separate pass
+    and on_flag="stop" refuses what the guard flags."""
+    from data import load_dataset
+    from model_loading import load_model, load_tokenizer
+    model, tok = load_model("smollm2-135m", device="cpu"), load_tokenizer("smollm2-135m")
+    toxic = load_dataset("slurs", limit=30, seed=0)["text"].astype(str).tolist()
+    clean = load_dataset("pubmed", limit=30, seed=0)["text"].astype(str).tolist()
+    guard = G.SplineGuard(layers="0-5", max_length=32)
+    guard.fit_texts(model, tok, toxic[:24] + clean[:24], [1] * 24 + [0] * 24, name="smollm2-135m")
+    prompts = toxic[24:27] + clean[24:27]
+    prompts = [tok.decode(tok(p)["input_ids"][:32], skip_special_tokens=True) for p in prompts]
+    separate = guard.score(model, tok, prompts)
+    out = guard.generate(model, tok, prompts, on_flag="stop", max_new_tokens=3, do_sample=False)
+    assert _close(out.scores, separate)
+    assert separate[:3].mean() > separate[3:].mean()  # held-out slurs score above held-out abstracts
+    assert [t == G.REFUSAL for t in out.texts] == list(out.flagged)
