@@ -45,7 +45,7 @@ CLEAN = ["pubmed", "legal", "comments", "questions", "code"]   # clean rows of t
 # layer, feature_io.FEATURE_SETS["extended"]); both together. The default was chosen by transfer (fit on
 # one labelled source, score another), see the "guard" section of RESULTS.md, not by one corpus's CV.
 GUARD_FEATURES = {"paper": ("paper",), "extended": ("regions",), "paper+extended": ("paper", "regions")}
-FEATURES = "paper"
+FEATURES = "extended"     # the best mean transfer ROC-AUC of the three (RESULTS.md, guard section)
 LAYERS = "all"             # or the first k layers, e.g. "0-2" (early exit: the rest of the model never runs)
 TARGET_FPR = 0.01          # share of clean prompts flagged, calibrated on held-out clean texts
 CALIBRATION_SHARE = 0.3    # of the clean training rows, held out of the fit to set the threshold

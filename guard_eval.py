@@ -30,8 +30,8 @@ EARLY_LAYERS = 3           # the "first k layers" guard (early exit)
 SETS = [("paper", "all"), ("extended", "all"), ("paper+extended", "all"), ("paper", f"0-{EARLY_LAYERS - 1}")]
 COST_PROMPTS = 8           # one left-padded batch, cut to COST_PROMPT_TOKENS tokens
 COST_PROMPT_TOKENS = 48
-COST_NEW_TOKENS = 16       # greedy
-COST_REPEATS = 3           # interleaved; the median per prompt is kept
+COST_NEW_TOKENS = 4        # greedy; few, for the step's CPU budget (bench/bench_guard.py runs 16)
+COST_REPEATS = 1           # interleaved; the median per prompt is kept (bench/bench_guard.py repeats them)
 SEED = 0
 QUICK = dict(COST_REPEATS=1)
 # ----------------------------------------------------------------------------- end of settings
@@ -123,7 +123,9 @@ def baselines(train, test, s) -> dict:
     return out
 
 
-def held_out(block) -> dict:
+def held_out(block, fitted: dict | None = None) -> dict:
+    """Every guard and baseline fitted on one seeded split, scored on its held-out rows (``fitted`` collects
+    the guards, keyed as the table's rows)."""
     train, test = split(block.y)
     res = {"n_train": int(len(train)), "n_test": int(len(test)), "guards": {}, "baselines": {}}
     for features, layers in SETS:
@@ -132,6 +134,8 @@ def held_out(block) -> dict:
             continue
         g = fit_guard(X[train], block.y[train], features, layers)
         res["guards"][_set_key(features, layers)] = guard_metrics(g, X[test], block.y[test])
+        if fitted is not None:
+            fitted[_set_key(features, layers)] = g
     res["baselines"] = baselines(train, test, block)
     return res
 
@@ -280,15 +284,28 @@ def report(results: dict, out_dir: Path) -> str:
         if c:
             keys = [k for k in c if isinstance(c[k], dict)]
             rows = [[k, f"{1000 * c[k]['cpu_s']:.1f}", f"{1000 * c[k]['wall_s']:.1f}"] for k in keys]
-            t = Table(f"guard_cost_{model.split('-')[0].split('.')[0]}", f"{model}, cost per prompt ({COST_PROMPTS} "
-                      f"left-padded prompts of <= {COST_PROMPT_TOKENS} tokens, {COST_NEW_TOKENS} new greedy tokens, "
+            t = Table(f"guard_cost_{model.split('-')[0].split('.')[0]}", f"{model}, cost per prompt of the "
+                      f"{res['cost_guard']!r} guard ({COST_PROMPTS} left-padded prompts of <= {COST_PROMPT_TOKENS} tokens, {COST_NEW_TOKENS} new greedy tokens, "
                       f"median of {COST_REPEATS} interleaved repeats, {c['threads']} torch thread(s))",
                       ["way to guard", "CPU ms / prompt", "wall ms / prompt"], rows,
                       [f"guard inside generate costs {c['in_pass_overhead']:.3f}x the unguarded generate (CPU time, "
-                       "median of per-repeat ratios; the target is <= 1.03x). The machine is shared: the timings are "
-                       "indicative; bench/ measures them properly."])
+                       f"median of per-repeat ratios, {COST_NEW_TOKENS} new tokens; the target, <= 1.03x, is for 16: "
+                       "bench/bench_guard.py). The machine is shared and this is one small batch: the timings are "
+                       "indicative."])
             tables.append(t)
             lines += [t.markdown()]
+    for model, res in results["models"].items():
+        m = res.get("held_out", {}).get("guards", {})
+        ref = res.get("held_out", {}).get("baselines", {}).get("Spline-LR, all layers, C=1 (RESULTS.md's)")
+        if m and ref:
+            best = G.FEATURES if G.FEATURES in m else "paper"
+            g = m[best]
+            lines.append(f"- {model}, {best!r} guard on held-out embedded data: ROC-AUC {_pct(g['roc_auc'])} against "
+                         f"{_pct(ref['roc_auc'])} for the all-layer Spline-LR ("
+                         + ("at least as high" if g["roc_auc"] >= ref["roc_auc"] else "LOWER") + "); observed FPR "
+                         f"{_pct(g['fpr_observed'])} for a {G.TARGET_FPR:.0%} target ("
+                         + ("within" if abs(g["fpr_observed"] - G.TARGET_FPR) <= 0.01 else "NOT within")
+                         + " 1 point).")
     lines += [f"- Step cost: {results['seconds']:.1f} s wall, {results['cpu_seconds']:.1f} s CPU."]
     out_dir = Path(out_dir)
     for t in tables:
@@ -321,7 +338,8 @@ def evaluate(args) -> int:
             log(f"guard: {model}: {why}")
             continue
         log(f"guard: {model}: held-out toxic vs clean ({len(block)} rows)")
-        res = {"held_out": held_out(block)}
+        guards = {}
+        res = {"held_out": held_out(block, guards)}
         sources = {"embedded": block}
         sg = folder / "same_genre"
         if (sg / "insults.parquet").exists() and (sg / "talkdown.parquet").exists():
@@ -334,10 +352,10 @@ def evaluate(args) -> int:
         if len(sources) > 1:
             res["transfer"] = transfers(sources)
             res["default"], res["default_means"] = choose_default(res["transfer"])
-        # Cost: the guard of the default feature set (the paper's 7 per layer where the files lack the others).
+        # Cost: the held-out guard of the default feature set (the paper's 7 per layer where the files lack it).
         import guard as G
-        features = G.FEATURES if _block_columns(block, G.FEATURES, "all") is not None else "paper"
-        g = fit_guard(_block_columns(block, features, "all"), block.y, features, "all")
+        g = guards.get(G.FEATURES) or guards["paper"]
+        res["cost_guard"] = g.features
         other = models[1 - i] if len(models) == 2 else None
         log(f"guard: {model}: cost per prompt")
         res["cost"] = cost(model, other, list(block.texts[block.y == 0][:COST_PROMPTS // 2])
