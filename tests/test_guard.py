@@ -3,6 +3,7 @@ on_flag="stop", generate untouched when nothing is flagged, and the command line
 import io
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +226,16 @@ def test_a_guard_on_smollm2_scores_its_own_prefill_and_separates_slurs_from_pubm
     assert _close(out.scores, separate)
     assert separate[:3].mean() > separate[3:].mean()  # held-out slurs score above held-out abstracts
     assert [t == G.REFUSAL for t in out.texts] == list(out.flagged)
+
+
+def test_fit_from_the_command_line_records_its_data_and_model(tmp_path, tiny_llama_dir):
+    out = tmp_path / "g.safetensors"
+    assert G.main(["fit", "--model", str(tiny_llama_dir), "--toxic", "slurs", "--clean", "pubmed,code", "--sample", "12",
+                   "--max-length", "16", "--features", "paper", "--layers", "0-1", "--out", str(out),
+                   "--features-dir", str(tmp_path / "f"), "--no-progress"]) == 0
+    guard = G.load(out)
+    assert guard.layers == [0, 1] and guard.features == "paper" and guard.max_length == 16
+    sets = guard.info["training_datasets"]
+    assert [(Path(d["file"]).stem, d["label"]) for d in sets] == [("slurs", "toxic"), ("pubmed", "clean"), ("code", "clean")]
+    assert all(d["input_sha1"] and d["rows_sha1"] for d in sets) and guard.info["shape"]["n_layers"] == 4
+    assert len(guard.coef_) == 14
