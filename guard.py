@@ -513,13 +513,14 @@ class AttachedGuard:
             criteria.append(StopFlagged())
             kwargs["stopping_criteria"] = criteria
         try:
-            return self.model.generate(**kwargs)
+            out = self.model.generate(**kwargs)
         except StopForward:
-            return None
+            out = None
         finally:
             self._state = None
-            if self.scores is None:
-                raise RuntimeError("the guard saw no prefill: generate ran no forward pass through its layers")
+        if self.scores is None:
+            raise RuntimeError("the guard saw no prefill: generate ran no forward pass through its layers")
+        return out
 
     def close(self) -> None:
         self._traces.close()
@@ -675,15 +676,20 @@ def cmd_chat(args, stdin=None, stdout=None) -> int:
             prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
         else:
             prompt = "\n".join(f"{m['role']}: {m['content']}" for m in history) + "\nassistant:"
-        # The guard scores the user's turn alone (the register it was fitted on), in generate's own prefill
-        # of the whole conversation it would not see the turn apart; so the turn is scored, then answered.
+        # The guard scores the user's turn alone, the register it was fitted on (raw texts): generate's prefill
+        # runs over the whole templated conversation, whose statistics it was never fitted on. So a turn costs
+        # one short pass over the turn itself, then an unguarded generate.
         score = float(guard.score(model, tokenizer, [line.strip()])[0])
         if score > guard.threshold_:
             history.pop()
             print(f"[guard {score:.3f} > {guard.threshold_:.3f}: refused] {args.refusal}", file=stdout, flush=True)
             continue
-        out = guard.generate(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens, do_sample=False)
-        reply = out.texts[0].strip()
+        import torch
+        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            tokens = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+        reply = tokenizer.decode(tokens[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         history.append({"role": "assistant", "content": reply})
         print(f"[guard {score:.3f}] {reply}", file=stdout, flush=True)
 

@@ -11,7 +11,8 @@ left-padded batches, exactly GEN_NEW_TOKENS new tokens:
   separate pass      guard.score on the batch (a second forward pass over the prompts), then model.generate
   stop, all flagged  SplineGuard.generate(on_flag="stop") with every prompt flagged (ends in the prefill)
   prefill + 1 step   model.generate with max_new_tokens=1: what a stopped prompt may cost at most
-The guard is fitted on the bench prompts with arbitrary labels unless --guard FILE is given: its weights do
+Times are this process's CPU time (judged) and wall time: with one torch thread on a shared machine a
+neighbour's load stretches the wall time, not the CPU time. The guard is fitted on the bench prompts with arbitrary labels unless --guard FILE is given: its weights do
 not change what it costs (the same statistics and one dot product either way).
 Results: bench/results/guard_latest.json and guard_latest.md.
 """
@@ -102,28 +103,33 @@ def run(args) -> dict:
     with torch.inference_mode():
         for name in names:  # untimed warm-up
             condition(name, batches[-1])
-    times, outputs = {n: [] for n in names}, {}
+    times, cpu, outputs = {n: [] for n in names}, {n: [] for n in names}, {}
     load_before = os.getloadavg()[0]
     for rep in range(args.repeats):
-        total, out = dict.fromkeys(names, 0.0), {n: [] for n in names}
+        total, total_cpu, out = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0), {n: [] for n in names}
         for k, batch in enumerate(batches):
             shift = (k + rep) % len(names)
             for name in names[shift:] + names[:shift]:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 with torch.inference_mode():
                     out[name].append(condition(name, batch))
                 total[name] += time.perf_counter() - t0
+                total_cpu[name] += time.process_time() - c0
         for name in names:
             times[name].append(total[name])
+            cpu[name].append(total_cpu[name])
         outputs = out
         print(f"repeat {rep + 1}/{args.repeats}: " + ", ".join(f"{n} {total[n]:.2f}s" for n in names), flush=True)
 
-    def rel(a, b):
-        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+    def rel(a, b, of=None):  # per-repeat ratio, median over repeats; judged on CPU time (see the docstring)
+        of = cpu if of is None else of
+        return statistics.median(x / y for x, y in zip(of[a], of[b]))
 
     same = all(torch.equal(a, b) for a, b in zip(outputs["in_pass"], outputs["unguarded"]))
     rows = {n: {"label": LABELS[n], "seconds": times[n], "median_s": statistics.median(times[n]),
-                "ratio_to_unguarded": rel(n, "unguarded")} for n in names}
+                "cpu_seconds": cpu[n], "median_cpu_s": statistics.median(cpu[n]),
+                "ratio_to_unguarded": rel(n, "unguarded"), "wall_ratio_to_unguarded": rel(n, "unguarded", times)}
+            for n in names}
     measured = {"in_pass": rel("in_pass", "unguarded"), "stop": rel("stop", "one_step")}
     targets = []
     for key, (label, op, threshold) in TARGETS.items():
@@ -151,9 +157,11 @@ def markdown(res: dict) -> str:
              f"tokens; guard: {s['guard_features']} features of {s['guard_layers']} layers, {s['guard']}; median of "
              f"{s['repeats']} repeats, conditions interleaved batch by batch. In-pass tokens identical to the "
              f"unguarded call: {'yes' if res['in_pass_tokens_identical'] else 'NO'}.", "",
-             "| condition | time (s) | time / unguarded |", "|---|---:|---:|"]
+             "| condition | CPU time (s) | CPU time / unguarded | wall time (s) | wall / unguarded |",
+             "|---|---:|---:|---:|---:|"]
     for r in res["conditions"].values():
-        lines.append(f"| {r['label']} | {r['median_s']:.3f} | {r['ratio_to_unguarded']:.3f} |")
+        lines.append(f"| {r['label']} | {r['median_cpu_s']:.3f} | {r['ratio_to_unguarded']:.3f} | {r['median_s']:.3f} | "
+                     f"{r['wall_ratio_to_unguarded']:.3f} |")
     lines += ["", "| target | measured | required | result |", "|---|---:|---:|---|"]
     for t in res["targets"]:
         lines.append(f"| {t['target']} | {t['measured']:.3f} | {t['op']} {t['threshold']:.3g} | "
