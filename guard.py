@@ -600,11 +600,9 @@ def cmd_fit(args) -> int:
     from analysis.data import parse_spec
     from extract_features import extract_features
     from model_loading import load_model
-    from feature_io import FEATURE_SETS
     guard = SplineGuard(features=args.features, layers=args.layers, target_fpr=args.target_fpr, seed=args.seed,
                         max_length=args.max_length)
-    groups = "extended" if "regions" in guard.groups else "paper"
-    assert groups in FEATURE_SETS
+    groups = "extended" if "regions" in guard.groups else "paper"  # extract_features' --features
     sides = {}
     for side, default_filter in (("toxic", "toxic"), ("clean", "clean")):
         sides[side] = []

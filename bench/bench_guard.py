@@ -32,7 +32,6 @@ for folder in (REPO, REPO / "bench"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench_extraction import machine_info, make_prompts, make_tiny_model  # noqa: E402
