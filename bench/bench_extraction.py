@@ -6,6 +6,9 @@
 
 1. Extraction, timed batch by batch in turn (a noisy neighbour slows every method alike):
      bare forward  the stock model on the padded batch (use_cache=False, logits included): the floor
+     body-only     the stock decoder stack without the LM head: the work extraction really shares (its
+                   targets compare ours with this floor too; the LM head of a 49k-word vocabulary is a large
+                   share of a small model's forward pass, and extraction never runs it)
      ours          this project's extraction (SplineRecorder.run, one host copy, parquet file), all layers
                    and the first 3 (early exit), with and without the attention ID
      paper         the paper's approach re-created: hooks.py traces on every gate_proj compute the
