@@ -17,6 +17,7 @@ features made with other settings, after a constant was edited, are extracted ag
   6. spectral_editing.py --task truthfulqa|bbq|toxicity: SEA with its controls                 ("sea")
   7. selfie.py --evaluate: SelfIE's identity recovery and toxicity read-out                    ("selfie")
   8. neuron_topics.py: topics of a sample of MLP units, controls, link to the gate on-rates     ("topics")
+  -  guard.py evaluate: the toxicity guard (held-out, same-genre, transfer, cost per prompt)  ("guard")
   9. statistic_analysis.py: every table and figure (both models side by side), results.json and RESULTS.md,
      which gathers the other systems' sections                                                 ("analysis")
 Each system's sample sizes are constants at the top of its own script (sized for this job's budget).
@@ -69,7 +70,7 @@ SECOND_QUICK = dict(SAMPLE=16, ID=["--n-statements", "1", "--prepend-words", "0,
 # on 48 rtp prompts).
 EARLY_SAMPLE = 48        # prompts per dataset (QUICK: EARLY_QUICK)
 EARLY_QUICK = 16
-STEPS = ("data", "features", "id", "qwen", "same_genre", "sea", "selfie", "topics", "analysis")  # the names --skip understands
+STEPS = ("data", "features", "id", "qwen", "same_genre", "sea", "selfie", "topics", "guard", "analysis")  # the names --skip understands
 
 
 def step(title: str):
@@ -183,6 +184,13 @@ def main(argv=None) -> int:
         t = step("8/9 neuron topics: a sample of MLP units explained as word topics (neuron_topics.py)")
         call(["neuron_topics.py", "--model", args.model] + quick)
         timings["topics"] = time.perf_counter() - t
+
+    if "guard" not in skip:
+        t = step("guard: the toxicity guard on the model's own forward pass, both models (guard.py evaluate)")
+        # Reads the feature files made above (nothing is extracted); times each way to guard on one small batch.
+        models = args.model + (f",{SECOND_MODEL}" if second else "")
+        call(["guard.py", "evaluate", "--features-dir", features_dir, "--models", models] + quick)
+        timings["guard"] = time.perf_counter() - t
 
     if "analysis" not in skip:
         t = step("9/9 statistic_analysis.py (RESULTS.md gathers every system's section)")

@@ -174,6 +174,26 @@ CASES = [
     (["same_genre.py", "--folds", "1"], 2, "--folds 1: cross-validation needs at least 2 folds"),
     (["same_genre.py", "--only-timing", "--no-timing"], 2, "--only-timing and --no-timing contradict each other"),
     (["same_genre.py", "--per-side", "0"], 2, "'0' is not a positive integer"),
+    # -- guard.py (a guard for another model shape: tests/test_guard.py) ----------------------------------
+    *[(["guard.py", *argv], 2, fragment) for argv, fragment in [
+        ([], "the following arguments are required: command"),
+        (["score", "--guard", "{tmp}/missing.guard", "--texts", "{tmp}/in.txt", "--out", "{tmp}/s.csv"],
+         "guard file not found: {tmp}/missing.guard"),
+        (["score", "--guard", "{tmp}/in.txt", "--texts", "{tmp}/in.txt", "--out", "{tmp}/s.csv"],
+         "{tmp}/in.txt is not a guard file"),
+        (["score", "--guard", "{tmp}/missing.guard", "--texts", "{tmp}/blank.txt", "--out", "{tmp}/s.csv"],
+         "{tmp}/blank.txt has no non-empty text to score"),
+        (["score", "--guard", "{tmp}/missing.guard", "--texts", "{tmp}/missing.txt", "--out", "{tmp}/s.csv"],
+         "input file not found: {tmp}/missing.txt"),
+        (["score", "--guard", "{tmp}/missing.guard", "--texts", "{tmp}/comments.csv", "--out", "{tmp}/s.csv"],
+         "has no column 'text'"),
+        (["chat", "--guard", "{tmp}/missing.guard"], "guard file not found: {tmp}/missing.guard"),
+        (["fit", "--out", "{tmp}/g.safetensors", "--target-fpr", "2"], "'2' is not a probability in [0, 1]"),
+        (["fit", "--out", "{tmp}/g.safetensors", "--target-fpr", "0"], "--target-fpr must be between 0 and 1"),
+        (["fit", "--out", "{tmp}/g.safetensors", "--features", "all"], "argument --features: invalid choice"),
+        (["fit", "--out", "{tmp}/g.safetensors", "--toxic", ","], "--toxic names no dataset"),
+        (["evaluate", "--features-dir", "{tmp}/nothing"], "--features-dir {tmp}/nothing does not exist"),
+    ]],
 ]
 
 

@@ -17,7 +17,7 @@ from tiny_models import tiny_stock_model, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "bench_extraction.py"
-TIMED = ("bare", "ours_all_id", "ours_all", "ours_first_id", "ours_first", "paper_id", "paper")
+TIMED = ("bare", "body", "ours_all_id", "ours_all", "ours_first_id", "ours_first", "paper_id", "paper")
 
 sys.path.insert(0, str(REPO / "bench"))
 import bench_extraction as bench  # noqa: E402
