@@ -189,3 +189,7 @@ def paste_setups(summary: dict, command: str, path: Path) -> None:
             f"no prepended text, greedy, {summary['max_new_tokens']} new tokens.\n\n" + markdown(summary))
     paste_between_markers(README, "id-setups", text)
     print("README.md: id-setups section updated")
+    from toxicity_id_eval.refusal_labels import LABELS, agreement, load_labels, markdown as labels_markdown
+    if LABELS.exists():  # the matcher against the hand-read answers of these runs
+        paste_between_markers(README, "id-labels", labels_markdown(agreement(load_labels())))
+        print("README.md: id-labels section updated")
