@@ -85,7 +85,7 @@ SYSTEM_PROMPT = "template"       # "template": the chat template's default syste
                                  # safety prompt (toxicity_id_eval/setups.py); any other text is used as given
 # --full: the run that decides, on the setup that refused most in --measure-setups (README, "setups").
 FULL = {"n_statements": None, "prepend_words": (0, 50, 100, 200, 400), "max_new_tokens": 32}
-FULL_SETUP = {"model": "qwen2.5-coder-0.5b", "system_prompt": "llama2", "instruction": "bare"}
+FULL_SETUP = {"model": "qwen2.5-coder-0.5b", "system_prompt": "template", "instruction": "bare"}  # the pick
 
 KEY_COLUMNS = ["Prompt", "Model", "Chat Template", "Instruction", "Max New Tokens"]
 COLUMNS = ["Category", "Statement ID", "Prepended", "Prepend Words", "Prompt", "Response", "Label", "Toxicity",
