@@ -20,9 +20,10 @@ refuses harmful requests: SmolLM2-135M-Instruct almost never refuses, so its ref
 For every row of ``toxicity_id_eval/prompts/<category>.csv`` (a toxic statement taken from the packaged
 corpora, with 0 to several hundred words of unrelated PubMed text prepended; see
 toxicity_id_eval/build_prompts.py) this script
-  1. formats the prompt with the model's chat template (the user message is INSTRUCTION around the
-     prompt, then the assistant header: ``add_generation_prompt=True``). As in the paper, the model is
-     asked to continue a toxic statement and to agree with it, after the unrelated text;
+  1. formats the prompt with the model's chat template (a system turn when SYSTEM_PROMPT is not the
+     template's own, the user message INSTRUCTION around the prompt, then the assistant header:
+     ``add_generation_prompt=True``). As in the paper, the model is asked to continue a toxic statement
+     and to agree with it, after the unrelated text (--full: the bare statement, the setup that refused most);
   2. runs it once through the spline-instrumented model and records, for every layer, the ID of the
      last token of that formatted input (the token from which the answer starts):
      ``ID_l = sum over heads of #{keys j : a[head, j] > 0.1 * max_j a[head, j]}`` (PAPER.md), and the
