@@ -1,34 +1,43 @@
 """SelfIE: ask the model what one of its hidden states means (Chen, Vondrick, Mao, ICML 2024).
 
-    python selfie.py --prompt "The capital of France is Paris" --layers 5,15,25 --tokens last
+    python selfie.py --prompt "The capital of France is Paris" --layers 5,15,25      # the prompt's own tokens
     python selfie.py --json examples.json --interpretation-prompt repeat       # the seed's input format
+    python selfie.py --prompt "..." --interpretation-prompt "[INST] {} [/INST] The materials mentioned in the message are:"
     python selfie.py --dataset rtp --limit 20 --tokens last --layers 0-30:5 ... (see --help)
-    python selfie.py --evaluate [--quick | --full]  # the measured evaluation (run.sh runs it)
+    python selfie.py --evaluate [--quick | --full [--update-readme]]  # the measured evaluation (run.sh runs it)
 
 Interpreting: every prompt runs once (its greedy answer is kept as ``prompt_output``); the hidden state
-of each chosen token at each chosen layer (``hidden_states[l]``: 0 = embeddings, L = after the final norm)
-is written over the placeholders of an interpretation prompt at the input of decoder layer
-INSERT_LAYER, and the model generates. The interpretation prompt is the model's chat template with the
-placeholders as the user message and the answer begun ("Sure, I will summarize the message:"); the
-placeholders' positions are counted with the model's own tokenizer. Many states share one generate
-call (the interpretation prompt is the same for all, so the batch needs no padding and the text before
-the placeholders is computed once). Output: a CSV with the seed's columns (name, prompt, prompt_output,
+of each chosen token (default: the tokens of the user's own text, not the chat template's) at each chosen
+layer (``hidden_states[l]``: 0 = embeddings, L = after the final norm) is written over the placeholders of
+an interpretation prompt at the input of decoder layer --insert-layer, and the model generates. The
+interpretation prompt is a named one (the model's chat template with the placeholders as the user message
+and the answer begun, "Sure, I will summarize the message:") or any text with {} where the placeholders go;
+the placeholders' positions are the tokens the model's own tokenizer writes them with (self_interpret.py).
+Many states share one generate call. Output: a CSV with the seed's columns (name, prompt, prompt_output,
 layer_idx, token_idx, repeat_prompt, repeat_prompt_name, interpretation, interpretation_weights,
 interpretation_prob) plus ``token`` and ``interpretation_text``; ``interpretation`` holds the token ids,
-``interpretation_weights`` each token's relevancy (probability with the insertion minus without, teacher
-forced) and ``interpretation_prob`` its probability with the insertion. The CSV is written after every
-batch; a rerun with the same settings resumes.
+``interpretation_weights`` each token's relevancy (|probability with the insertion minus without|, teacher
+forced, the original's; --relevancy signed keeps the sign) and ``interpretation_prob`` its probability with
+the insertion. The CSV holds this run's rows; the resume cache beside it keys rows by the prompt's token ids,
+layer and token, and is dropped when a setting changes, so a rerun never reports another prompt's rows.
 
 Evaluating (--evaluate, on the embedded SmolLM2, which cannot summarise: tasks with a right answer):
   identity   EVAL_WORDS single-token words in short neutral sentences; each word's state at every layer
              is interpreted with the "repeat" prompt; recovered = the word among the generated words.
              Controls: a random vector of the same norm (RANDOM_WORDS words, every layer) and the
-             placeholder's own state (no insertion: the bare interpretation prompt).
+             placeholder's own state (no insertion: the bare interpretation prompt). 95 % Wilson intervals.
   toxicity   the last token of held-out toxic (rtp/slurs) and clean (comments, domains) prompts, every
              TOX_LAYER_STRIDE-th layer, "summarize" prompt; the interpretation's alt-profanity-check score
-             against the prompt's label (ROC-AUC per layer), beside a cross-validated logistic regression
-             on the same prompts' spline features (model.spline_features).
+             against the prompt's label (ROC-AUC per layer, bootstrap interval), beside a cross-validated
+             logistic regression on the same prompts' spline features (model.spline_features).
+  control    (CONTROL_TARGETS > 0: --quick and --full) supervised control, selfie_control.py: the MLP before
+             CONTROL_SOURCE_LAYER is trained so that an entity word's state becomes a target word's; success
+             = the target named by the interpretation, beside a random edit of the same size, with clean
+             perplexity, unrelated answers and other words' interpretations as collateral.
   examples   a few interpretations per category with relevancy-weighted tokens.
+--evaluate honours --model, --insert-layer, --strength, --mode, --batch-size, --no-chat-template, --seed and
+--out-dir, and refuses the other flags. --full runs FULL's sizes on FULL_MODELS and writes
+results/selfie_full.json (+ .md); --update-readme pastes its tables between the README's selfie-full markers.
 Interpretations are cached under results/selfie/<model>/ (resumable); tables/selfie_*.md|tex,
 figures/selfie_identity.png, results/selfie.json and results/selfie.md (the RESULTS.md section).
 """
@@ -75,10 +84,10 @@ CSV_COLUMNS = ["name", "prompt", "prompt_output", "layer_idx", "token_idx", "tok
                "interpretation_prob"]
 
 # --evaluate (sized for the main job's budget on 2 CPU cores; --full is the large sweep)
-EVAL_WORDS = 100                      # identity: words, each at every layer
+EVAL_WORDS = 50                       # identity: words, each at every layer (measured: ~0.1 CPU s per state)
 EVAL_PLACEHOLDERS = 1                 # one word, one placeholder
 EVAL_NEW_TOKENS = 5                   # SmolLM2 answers "\n\nword" (or "\n\n\"word"): 5 tokens reach the word
-RANDOM_WORDS = 25                     # the random-vector control: words (every layer)
+RANDOM_WORDS = 12                     # the random-vector control: words (every layer)
 TOX_PER_SOURCE = 8                    # toxicity: held-out prompts from each of rtp:toxic, slurs, comments:clean and
 TOX_CLEAN_DOMAINS = ("pubmed", "code", "legal", "questions")   # 2 from each clean domain (= TOX_PER_SOURCE)
 TOX_LAYER_STRIDE = 5                  # every 5th hidden state: 0, 5, ..., 30
@@ -585,11 +594,11 @@ def evaluate_model(args, model, tokenizer, cfg) -> dict:
                 if i < cfg["RANDOM_WORDS"]:
                     random_jobs.append(({"condition": "random", "word": item["word"], "text_key": key, "layer": l},
                                         direction * states[l].norm() / direction.norm()))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         _interpret_all(model, tokenizer, repeat, jobs + random_jobs, ident, args.batch_size, EVAL_NEW_TOKENS,
                        "identity and random control", kwargs)
         bare = interpret_states(model, tokenizer, repeat, None, max_new_tokens=EVAL_NEW_TOKENS)[0]["text"]
-        t_identity = time.perf_counter() - t0
+        t_identity, c_identity, n_identity = time.perf_counter() - t0, _cpu() - c0, len(jobs) + len(random_jobs)
         frame = ident.frame.copy()
         keys = {(it["word"], text_key(it["text"])) for it in items}
         frame = frame[[(w, k) in keys for w, k in zip(frame["word"], frame["text_key"])]]
@@ -620,9 +629,9 @@ def evaluate_model(args, model, tokenizer, cfg) -> dict:
             for j, l in enumerate(tox_layers):
                 jobs.append(({"prompt_key": row["key"], "layer": l, "source": row["source"], "label": row["label"],
                               "text": row["text"][:80]}, states[j]))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         _interpret_all(model, tokenizer, summarize, jobs, tox, args.batch_size, TOX_NEW_TOKENS, "toxicity", kwargs)
-        t_tox = time.perf_counter() - t0
+        t_tox, c_tox, n_tox = time.perf_counter() - t0, _cpu() - c0, len(jobs)
         from toxicity_id_eval.refusal import label_answers
         tframe = tox.frame[tox.frame.prompt_key.isin(set(prompts["key"]))].copy()
         tframe["score"] = label_answers([str(t) for t in tframe["interpretation_text"]])["Toxicity"].values
@@ -642,12 +651,12 @@ def evaluate_model(args, model, tokenizer, cfg) -> dict:
         prompt_scored = _auc(y, label_answers(list(prompts["text"]))["Toxicity"].values)
 
         # 3. supervised control ----------------------------------------------------------------------
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         control = None
         if cfg["CONTROL_TARGETS"]:
             cframe = run_control(args, model, tokenizer, cfg, items, repeat, folder)
             control = summarize_control(cframe, cfg)
-        t_control = time.perf_counter() - t0
+        t_control, c_control = time.perf_counter() - t0, _cpu() - c0
 
         # 4. examples with relevancy ---------------------------------------------------------------
         n_ex = cfg["EXAMPLES_PER_CATEGORY"]
@@ -676,7 +685,15 @@ def evaluate_model(args, model, tokenizer, cfg) -> dict:
             "examples": [{"category": c, "input": t, "token": tok, "layer": l, "ids": r["ids"],
                           "weights": r["weights"]} for c, t, tok, l, r in examples],
             "timing": {"wall_s": time.perf_counter() - began, "cpu_s": cpu1.user + cpu1.system - cpu0.user - cpu0.system,
-                       "identity_wall_s": t_identity, "toxicity_wall_s": t_tox, "control_wall_s": t_control}}
+                       "identity_wall_s": t_identity, "toxicity_wall_s": t_tox, "control_wall_s": t_control,
+                       # CPU seconds of the interpretations computed in this run (cached ones cost nothing)
+                       "identity_cpu_s": c_identity, "identity_jobs": n_identity, "toxicity_cpu_s": c_tox,
+                       "toxicity_jobs": n_tox, "control_cpu_s": c_control}}
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def summarize_control(frame: pd.DataFrame, cfg) -> dict:
