@@ -550,3 +550,15 @@ def test_control_cache_is_stale_when_the_fit_changes(tmp_path):
     assert RowCache(path, keys, settings()).has(("apple", "tiger", text_key("s")))
     for fit in (dict(source_layer=4), dict(steps=20), dict(lr=1e-3), dict(unrelated=[[3, 5]]), dict(clean=[[1]])):
         assert not RowCache(path, keys, settings(**fit)).has(("apple", "tiger", text_key("s")))
+
+
+def test_update_readme_pastes_between_the_markers_only(tmp_path):
+    from analysis.report import paste_between_markers
+    from cli import UserError
+    readme = tmp_path / "README.md"
+    readme.write_text("head\n<!-- selfie-full:begin -->\nNot yet run.\n<!-- selfie-full:end -->\ntail\n")
+    paste_between_markers(readme, "selfie-full", "| a | b |\n")
+    assert readme.read_text() == "head\n<!-- selfie-full:begin -->\n| a | b |\n<!-- selfie-full:end -->\ntail\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(UserError, match="no <!-- selfie-full:begin -->"):
+        paste_between_markers(readme, "selfie-full", "x")
