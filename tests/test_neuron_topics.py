@@ -72,6 +72,28 @@ def test_tiny_gpt2_style_tokenizer_maps_common_words_to_their_pieces():
     assert tp.pools_from_ranks(tp.word_ranks(logits, wp), tau=len(tail), shrink=1)[0][0].tolist() == []
 
 
+def tiny_sentencepiece_with_dummy_prefix():
+    """A Llama-style SentencePiece tokenizer ('▁' for spaces, a '▁' prepended to the text), trained here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    text = [" ".join(COMMON[i:i + 12]) for i in range(0, len(COMMON), 3)] * 3
+    backend.train_from_iterator(text, trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+
+
+def test_dummy_prefix_sentencepiece_gets_the_word_start_pieces():
+    """On a tokenizer that prepends '▁' to the text (Llama's), the word after a context word is one '▁word'
+    piece (or '▁wo' 'rd'), never a lone '▁' piece that would have to be in the cut too."""
+    tok = tiny_sentencepiece_with_dummy_prefix()
+    pieces = [tok.convert_ids_to_tokens(tp.word_ids(tok, w)) for w in COMMON]
+    good = [p for p in pieces if p[0].startswith("▁") and p[0] != "▁" and "".join(p).lstrip("▁") in COMMON]
+    assert len(good) / len(COMMON) >= 0.9
+    assert tok.convert_ids_to_tokens(tp.word_ids(tok, "water"))[0] != "▁"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m"])
 def test_offline_tokenizers_map_common_words_to_their_pieces(name):
@@ -138,7 +160,7 @@ def test_tiny_run_end_to_end_and_its_export(tmp_path, monkeypatch):
     monkeypatch.setattr(model_loading, "load_tokenizer", lambda *a, **k: tok)
     monkeypatch.setattr(nt, "config_limits", lambda name: None)
     argv = ["--model", "tiny-gpt2", "--layers", "0,1", "--neurons", "3", "--mode", "hi-c,lo-i", "--tau", "30",
-            "--kappa", "10,14", "--theta", "0.0,1", "--no-link", "--workers", "2", "--out-dir", str(tmp_path / "out"),
+            "--kappa", "10,11", "--theta", "0.0,1", "--no-link", "--workers", "2", "--out-dir", str(tmp_path / "out"),
             "--export", str(tmp_path / "export")]
     assert nt.main(argv) == 0
     out = pd.read_json(tmp_path / "out" / "results" / "neuron_topics.json", typ="series")

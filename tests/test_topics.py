@@ -327,7 +327,7 @@ def _jobs(root, graph, n=6):
 
 def test_pools_solved_in_two_processes_equal_one_process(tmp_path):
     graph = _toy_graph()
-    settings = tp.Settings(theta=(0.05, 1.0), kappa=(10, 14), time_limit=30)
+    settings = tp.Settings(theta=(0.05, 1.0), kappa=(10, 11), time_limit=30)   # small groups: quick, optimal
     a, b = tmp_path / "a", tmp_path / "b"
     seconds = tp.solve_pools(_jobs(a, graph), graph, settings, workers=1)
     assert len(seconds) == 6
@@ -371,11 +371,11 @@ def test_a_stale_cache_is_never_reported_as_current(tmp_path, monkeypatch):
     monkeypatch.setenv("SPLINE_CACHE", str(tmp_path))
     graph = _toy_graph()
     meta = {"key": "toy", "fingerprint": "1"}
-    first = tp.Settings(theta=(0.05, 1.0), kappa=(10, 14), time_limit=30)
+    first = tp.Settings(theta=(0.05, 1.0), kappa=(10, 10), time_limit=30)
     root = tp.settings_root(first, meta)
     tp.solve_pools(_jobs(root, graph), graph, first, workers=1)
     assert all(tp.pool_done(stem) for stem, _, _ in _jobs(root, graph))
-    stricter = tp.Settings(theta=(0.9, 1.0), kappa=(10, 14), time_limit=30)
+    stricter = tp.Settings(theta=(0.9, 1.0), kappa=(10, 10), time_limit=30)
     root2 = tp.settings_root(stricter, meta)
     assert root2 != root and not any(tp.pool_done(stem) for stem, _, _ in _jobs(root2, graph))
     tp.solve_pools(_jobs(root2, graph), graph, stricter, workers=1)
