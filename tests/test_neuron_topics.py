@@ -1,248 +1,202 @@
-"""neuron_topics.py: NPMI, the star heuristic, the exact step, the four modes, the pool rule, bad input."""
-import itertools
-import math
-import sys
+"""neuron_topics.py and topics.word_pieces on real tokenizers: word pools on byte-level BPE (SmolLM2, Qwen2.5,
+a tiny GPT-2-style tokenizer trained here) and SentencePiece (Gemma-3), the script's checks before any model
+loads, and a tiny end-to-end run exported in the authors' layout. The rules themselves: tests/test_topics.py."""
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 
 import neuron_topics as nt
+import topics as tp
 from cli import UserError
-from tiny_models import tiny_stock_model, tiny_tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-# -- NPMI ---------------------------------------------------------------------------------------------
-def test_npmi_on_a_toy_corpus_equals_the_formula_by_hand():
-    docs = [["a", "b", "c", "a", "d", "b"], ["c", "d"], ["a", "e", "f", "g", "b", "e", "x"]]
-    window = 3
-    graph = nt.count_cooccurrence(docs, window=window, min_freq=1)
-    # By hand: every window of 3 consecutive words inside a document (a shorter document is one window).
-    windows = [set(doc[s:s + window]) for doc in docs for s in range(max(len(doc) - window + 1, 1))]
-    assert graph.n_windows == len(windows) == 4 + 1 + 5
-    words = ["a", "b", "c", "d", "e", "g"]
-    got = graph.npmi([graph.index[w] for w in words])
-    for i, j in itertools.combinations(range(len(words)), 2):
-        p_a = sum(words[i] in w for w in windows) / len(windows)
-        p_b = sum(words[j] in w for w in windows) / len(windows)
-        p_ab = sum(words[i] in w and words[j] in w for w in windows) / len(windows)
-        want = -1.0 if p_ab == 0 else math.log(p_ab / (p_a * p_b)) / -math.log(p_ab)
-        assert got[i, j] == pytest.approx(want, abs=1e-12), (words[i], words[j])
-        assert got[j, i] == got[i, j]
-    assert got[0, 4] > -1.0 and got[2, 5] == -1.0  # a/e share windows; c/g never do
+# Common English words (most frequent nouns, verbs, adjectives of general text).
+COMMON = ("time year people way day man thing woman life child world school state family student group country "
+          "problem hand part place case week company system program question work government number night point "
+          "home water room mother area money story fact month lot right study book eye job word business issue "
+          "side kind head house service friend father power hour game line end member law car city community name "
+          "president team minute idea body information back parent face others level office door health person art "
+          "war history party result change morning reason research girl guy moment air teacher force education "
+          "music river music church village island science energy animal market church doctor language city "
+          "make know think take see come want look use find give tell work call try ask need feel become leave "
+          "good new first last long great little own other old right big high different small large next early "
+          "young important few public bad same able").split()
+COMMON = list(dict.fromkeys(COMMON))
 
 
-def test_min_freq_and_min_letters_shape_the_vocabulary():
-    graph = nt.count_cooccurrence([["ab", "cat", "cat", "dog"], ["cat", "x"]], window=2, min_freq=2, min_letters=3)
-    assert graph.vocab == ["cat"]
+def _maps_to_its_pieces(tok, word) -> bool:
+    """The word's pieces spell ' word' (decoded) and the first carries the word-start marker."""
+    ids = tp.word_ids(tok, word)
+    return bool(ids) and tok.decode(ids) == " " + word and tok.decode(ids[:1]).startswith(" ")
 
 
-# -- star heuristic and exact step ----------------------------------------------------------------------
-def _random_npmi(n, seed):
-    rng = np.random.default_rng(seed)
-    m = rng.uniform(-0.6, 0.8, size=(n, n))
-    m = np.triu(m, 1)
-    m = m + m.T
-    return m
+def _pool_of(tok, words, promoted):
+    """The pool of a neuron whose top logits are exactly the pieces of `promoted` words."""
+    vocab_size = len(tok)
+    wp = tp.word_pieces(tok, words, vocab_size)
+    top = sorted({i for w in promoted for i in tp.word_ids(tok, w)})
+    logits = torch.full((1, vocab_size), -10.0)
+    logits[0, top] = 10.0
+    members, _ = tp.pools_from_ranks(tp.word_ranks(logits, wp), tau=len(top), shrink=1)[0]
+    return {words[i] for i in members}
 
 
-@pytest.mark.parametrize("n,size,seed", [(8, 4, 0), (11, 5, 1), (13, 10, 2), (12, 6, 3)])
-def test_exact_selection_equals_brute_force(n, size, seed):
-    npmi = _random_npmi(n, seed)
-    best = max(itertools.combinations(range(n), size),
-               key=lambda c: sum(npmi[i, j] for i, j in itertools.combinations(c, 2)))
-    best_value = sum(npmi[i, j] for i, j in itertools.combinations(best, 2))
-    got = nt.exact_topic(npmi, size=size, time_limit=60)
-    assert got["status"] == "optimal"
-    assert got["objective"] == pytest.approx(best_value, abs=1e-6)
-    assert sorted(got["nodes"]) == sorted(best)
+def tiny_byte_level_bpe():
+    """A GPT-2-style byte-level BPE tokenizer trained in milliseconds on a few sentences: most words are
+    several pieces, the case where only a word-start encoding keeps sub-word pieces out of the pools."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    text = [" ".join(COMMON[i:i + 12]) for i in range(0, len(COMMON), 3)] * 3
+    backend.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                         special_tokens=["<|endoftext|>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
 
 
-def test_star_groups_are_disjoint_and_obey_the_thresholds():
-    rng = np.random.default_rng(0)
-    n = 90
-    clusters = rng.integers(0, 4, size=n)
-    npmi = np.where(clusters[:, None] == clusters[None, :], rng.uniform(0.05, 0.6, (n, n)), rng.uniform(-0.5, 0.15, (n, n)))
-    npmi = np.triu(npmi, 1)
-    npmi = npmi + npmi.T
-    theta, kappa = (0.2, 0.55), (6, 9)
-    groups = nt.star_groups(npmi, theta, kappa)
-    assert len(groups) >= 4
-    members = [i for g in groups for i in g]
-    assert len(members) == len(set(members))                 # disjoint
-    edge = (npmi >= theta[0]) & (npmi <= theta[1])
-    np.fill_diagonal(edge, False)
-    for g in groups:
-        assert kappa[0] <= len(g) <= kappa[1]
-        centre = g[0]
-        for j in g[1:]:
-            assert theta[0] <= npmi[centre, j] <= theta[1]   # every member joined to the centre by a kept edge
-        assert all(edge[i].sum() >= kappa[0] for i in g)     # nodes of low degree were dropped
+def test_tiny_gpt2_style_tokenizer_maps_common_words_to_their_pieces():
+    tok = tiny_byte_level_bpe()
+    share = sum(_maps_to_its_pieces(tok, w) for w in COMMON) / len(COMMON)
+    assert share >= 0.9
+    multi = [w for w in COMMON if len(tp.word_ids(tok, w)) >= 2]
+    assert len(multi) >= 10                          # the pool rule is exercised on multi-piece words
+    word = multi[0]
+    # all the pieces of ' word' promoted: the word is in the pool; only its tail promoted: it is not
+    assert word in _pool_of(tok, COMMON, [word])
+    tail = tp.word_ids(tok, word)[1:]
+    wp = tp.word_pieces(tok, [word], len(tok))
+    logits = torch.full((1, len(tok)), -10.0)
+    logits[0, tail] = 10.0
+    assert tp.pools_from_ranks(tp.word_ranks(logits, wp), tau=len(tail), shrink=1)[0][0].tolist() == []
 
 
-def test_pool_topics_scores_are_mean_pairwise_npmi():
-    npmi = _random_npmi(20, 5)
-    npmi[:12, :12] = np.abs(npmi[:12, :12]) + 0.3
-    np.fill_diagonal(npmi, 0)
-    groups, topics = nt.pool_topics(npmi, (0.2, 1.0), (10, 16), size=10, time_limit=30)
-    assert groups and topics
-    for t in topics:
-        pairs = list(itertools.combinations(t["nodes"], 2))
-        assert len(t["nodes"]) == 10 and set(t["nodes"]) <= set(groups[t["group"]])
-        assert t["score"] == pytest.approx(np.mean([npmi[i, j] for i, j in pairs]))
+def tiny_sentencepiece_with_dummy_prefix():
+    """A Llama-style SentencePiece tokenizer ('▁' for spaces, a '▁' prepended to the text), trained here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    text = [" ".join(COMMON[i:i + 12]) for i in range(0, len(COMMON), 3)] * 3
+    backend.train_from_iterator(text, trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
 
 
-# -- the four modes against a naive computation -----------------------------------------------------------
-def _rms(x, norm):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight
-
-
-def _llama_layer_by_hand(layer, x, cfg):
-    """One Llama block on a one-token sequence: attention is o_proj of the (grouped) values."""
-    a = layer.self_attn
-    h = _rms(x, layer.input_layernorm)
-    v = h @ a.v_proj.weight.T                                         # [B, kv_heads * head_dim]
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
-    v = v.view(len(x), cfg.num_key_value_heads, head_dim)
-    v = v.repeat_interleave(cfg.num_attention_heads // cfg.num_key_value_heads, dim=1).reshape(len(x), -1)
-    x = x + v @ a.o_proj.weight.T
-    h = _rms(x, layer.post_attention_layernorm)
-    m = layer.mlp
-    return x + (F.silu(h @ m.gate_proj.weight.T) * (h @ m.up_proj.weight.T)) @ m.down_proj.weight.T
-
-
-def _gpt2_block_by_hand(block, x, cfg):
-    h = F.layer_norm(x, (cfg.n_embd,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
-    qkv = h @ block.attn.c_attn.weight + block.attn.c_attn.bias
-    v = qkv[:, 2 * cfg.n_embd:]
-    x = x + v @ block.attn.c_proj.weight + block.attn.c_proj.bias
-    h = F.layer_norm(x, (cfg.n_embd,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
-    return x + block.mlp.act(h @ block.mlp.c_fc.weight + block.mlp.c_fc.bias) @ block.mlp.c_proj.weight + block.mlp.c_proj.bias
-
-
-def _naive_logits(model, family, mode, layer, ids):
-    cfg = model.config
-    if family == "llama":
-        blocks, by_hand = model.model.layers, _llama_layer_by_hand
-        final = lambda x: _rms(x, model.model.norm)  # noqa: E731
-        down = lambda l: blocks[l].mlp.down_proj.weight  # noqa: E731  [d, units]
-    else:
-        blocks, by_hand = model.transformer.h, _gpt2_block_by_hand
-        ln = model.transformer.ln_f
-        final = lambda x: F.layer_norm(x, (cfg.n_embd,), ln.weight, ln.bias, ln.eps)  # noqa: E731
-        down = lambda l: blocks[l].mlp.c_proj.weight.T  # noqa: E731  Conv1D stores [units, d]
-    if mode.startswith("hi"):
-        x = down(layer)[:, ids].T.clone()
-    else:
-        x = torch.zeros(len(ids), model.get_output_embeddings().weight.shape[1])
-        x[torch.arange(len(ids)), torch.tensor(ids)] = 1.0
-    path = {"hi-c": range(layer + 1, len(blocks)), "hi-i": [], "lo-c": range(layer, len(blocks)), "lo-i": [layer]}[mode]
-    for l in path:
-        x = by_hand(blocks[l], x, cfg)
-    return final(x) @ model.get_output_embeddings().weight.T
-
-
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-@pytest.mark.parametrize("mode", nt.MODES)
-def test_each_mode_equals_a_naive_computation(family, mode):
-    model = tiny_stock_model(family, seed=3)
-    layer = 1
-    ids = [0, 3, 7, 20] if mode.startswith("hi") else [0, 5, 31]
-    with torch.no_grad():
-        got = nt.mode_logits(model, mode, layer, ids)
-        want = _naive_logits(model, family, mode, layer, ids)
-    assert got.shape == (len(ids), model.config.vocab_size)
-    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
-
-
-def test_shuffled_control_permutes_each_column_and_restores_the_model():
-    model = tiny_stock_model("llama")
-    before = [l.mlp.down_proj.weight.detach().clone() for l in model.model.layers]
-    with nt.shuffled_down_projections(model):
-        for w0, l in zip(before, model.model.layers):
-            w = l.mlp.down_proj.weight
-            assert not torch.equal(w, w0)
-            torch.testing.assert_close(w.sort(dim=0).values, w0.sort(dim=0).values)  # same values per column
-    for w0, l in zip(before, model.model.layers):
-        assert torch.equal(l.mlp.down_proj.weight, w0)
-
-
-# -- word pools ------------------------------------------------------------------------------------------
-def test_pools_shrink_the_cut_until_at_most_tau_words():
-    # word ranks (the cut a word needs): several words can need the same cut (shared pieces, two spellings)
-    ranks = torch.tensor([[0, 1, 1, 1, 2, 2, 3, 9], [0, 0, 0, 0, 0, 9, 9, 9]], dtype=torch.int32)
-    (members, cut), (empty, no_cut) = nt.pools_from_ranks(ranks, tau=4, shrink=1)
-    assert cut == 2 and members.tolist() == [0, 1, 2, 3]        # cuts 4 and 3 hold 7 and 6 words > tau
-    assert no_cut == 0 and empty.tolist() == []                  # even the smallest cut holds 5 > 4 words
-    (members, cut), _ = nt.pools_from_ranks(ranks, tau=4, shrink=3)
-    assert cut == 1 and members.tolist() == [0]                  # cuts 4, 1: the step is the shrink
-    (members, cut), _ = nt.pools_from_ranks(ranks, tau=900, shrink=50)
-    assert cut == 900 and members.tolist() == list(range(8))
-
-
-def test_word_with_unknown_pieces_is_left_out_and_no_overlap_is_an_error():
-    tok = tiny_tokenizer()
-    wp = nt.word_pieces(tok, ["w5", "hello"], vocab_size=128)
-    assert (wp.pieces[0, 0] < 128).any() and not (wp.pieces[1] < 128).any()
-    with pytest.raises(UserError, match="share no vocabulary"):
-        nt.word_pieces(tok, ["hello", "world"], vocab_size=128)
+def test_dummy_prefix_sentencepiece_gets_the_word_start_pieces():
+    """On a tokenizer that prepends '▁' to the text (Llama's), the word after a context word is one '▁word'
+    piece (or '▁wo' 'rd'), never a lone '▁' piece that would have to be in the cut too."""
+    tok = tiny_sentencepiece_with_dummy_prefix()
+    pieces = [tok.convert_ids_to_tokens(tp.word_ids(tok, w)) for w in COMMON]
+    good = [p for p in pieces if p[0].startswith("▁") and p[0] != "▁" and "".join(p).lstrip("▁") in COMMON]
+    assert len(good) / len(COMMON) >= 0.9
+    assert tok.convert_ids_to_tokens(tp.word_ids(tok, "water"))[0] != "▁"
 
 
 @pytest.mark.slow
-def test_subword_rule_on_smollm2_tokenizer_keeps_whole_words_only():
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m"])
+def test_offline_tokenizers_map_common_words_to_their_pieces(name):
     from model_loading import load_tokenizer
-    tok = load_tokenizer("smollm2-135m")
-    words = ["cat", "dog", "understanding", "immunohistochemistry", "bioluminescence", "ing", "ology", "the"]
-    vocab_size = len(tok)
-    wp = nt.word_pieces(tok, words, vocab_size)
-
-    def ids(text):
-        return tok(text, add_special_tokens=False)["input_ids"]
-    long_word, partial = ids(" immunohistochemistry"), ids(" bioluminescence")
-    assert len(long_word) == 3 and len(partial) == 3              # real multi-piece words
-    top = set(ids(" cat") + ids(" dog") + long_word + partial[1:] + ids("ing") + ids("ology") + ids("understanding"))
-    # Word-internal pieces (no word-start marker: "ing", "ology", "understanding") and the tail of
-    # " bioluminescence" are in the top set, but " ing", " ology", " understanding", " bi" are not: those
-    # words must stay out.
-    assert not set(ids(" ing")) <= top and not set(ids(" understanding")) <= top
-    logits = torch.full((1, vocab_size), -10.0)
-    logits[0, sorted(top)] = 10.0
-    ranks = nt.word_ranks(logits, wp)
-    members, cut = nt.pools_from_ranks(ranks, tau=len(top), shrink=1)[0]
-    pool = {words[i] for i in members}
-    assert pool == {"cat", "dog", "immunohistochemistry"}
-    for w in pool:
-        assert set(ids(" " + w)) <= top or set(ids(" " + w.capitalize())) <= top
+    tok = load_tokenizer(name)
+    ok = [w for w in COMMON if _maps_to_its_pieces(tok, w)]
+    assert len(ok) / len(COMMON) >= 0.9, sorted(set(COMMON) - set(ok))
+    # the pool: promoted words in; a word whose pieces are not promoted, and sub-word pieces, out
+    promoted = ["water", "river", "island", "music"]
+    pool = _pool_of(tok, COMMON + ["understanding", "ing"], promoted)
+    assert set(promoted) <= pool and "village" not in pool and "ing" not in pool
 
 
-# -- bad input ---------------------------------------------------------------------------------------------
-def test_layer_or_neuron_out_of_range_is_a_user_error():
-    model = tiny_stock_model("llama")
-    with pytest.raises(UserError, match=r"layer 9 is out of range.*4 layers"):
-        nt.mode_logits(model, "hi-i", 9, [0])
-    with pytest.raises(UserError, match=r"out of range for mode hi-c.*64 MLP units"):
-        nt.mode_logits(model, "hi-c", 1, [64])
-    with pytest.raises(UserError, match=r"out of range for mode lo-i.*32 residual"):
-        nt.mode_logits(model, "lo-i", 1, [-1])
+@pytest.mark.slow
+def test_sentencepiece_word_start_pieces_on_gemma():
+    """Gemma-3's SentencePiece adds no dummy prefix: encoding the bare word gives word-internal pieces (no
+    '▁'); the word after a context word gets the '▁' piece that a neuron promotes in running text."""
+    from model_loading import load_tokenizer
+    tok = load_tokenizer("gemma3-270m")
+    pieces = tok.convert_ids_to_tokens(tp.word_ids(tok, "water"))
+    assert pieces[0].startswith("▁") and "".join(pieces).lstrip("▁") == "water"
+    bare = tok.convert_ids_to_tokens(tok("water", add_special_tokens=False)["input_ids"])
+    assert not bare[0].startswith("▁")
 
 
-def test_empty_corpus_is_a_user_error():
-    with pytest.raises(UserError, match="corpus is empty"):
-        nt.load_cooccurrence([])
-    with pytest.raises(UserError, match="no word with at least"):
-        nt.count_cooccurrence([[], []])
+def test_bad_input_is_refused_before_the_model_loads(monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+    import model_loading
+    monkeypatch.setattr(model_loading, "load_model", no_model)
+    monkeypatch.setattr(nt, "config_limits", lambda name: (30, 1536, 576))   # SmolLM2's shape, no files read
+    for argv, message in [(["--mode", "hi-x"], "unknown mode hi-x"),
+                          (["--layers", "30"], r"\[30\] out of range: the model has 30 layers"),
+                          (["--layers", "3", "--neuron-ids", "1536"], "out of range for mode hi-c"),
+                          (["--layers", "3", "--mode", "lo-i", "--neuron-ids", "576"], "576 residual dimensions"),
+                          (["--workers", "0"], "at least one process"),
+                          (["--quick", "--full"], "contradict")]:
+        with pytest.raises(UserError, match=message):
+            nt.main(argv)
 
 
-def test_missing_solver_names_the_package(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pyscipopt", None)   # import pyscipopt now raises ImportError
-    with pytest.raises(UserError, match=r"pyscipopt.*pip install pyscipopt=="):
-        nt.exact_topic(_random_npmi(12, 0), size=10)
+def test_tiny_run_end_to_end_and_its_export(tmp_path, monkeypatch):
+    """The script on a tiny random GPT-2 whose vocabulary is a toy corpus' words: pools, topics, controls,
+    tables, the authors' layout; a second run resumes (nothing to solve)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    import numpy as np
+    monkeypatch.setenv("SPLINE_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    words = [f"word{chr(97 + i)}{chr(97 + j)}" for i in range(6) for j in range(10)]
+    docs = [[words[k] for k in rng.choice(20 if d % 2 else 60, size=10)] for d in range(3000)]
+    graph = tp.count_cooccurrence(docs, window=5, min_freq=5)
+    meta = {"vocab": graph.vocab, "sources": {"toy": {"documents": 3000, "words": 30000}}, "window": 5,
+            "min_freq": 5, "key": "toy", "n_windows": graph.n_windows, "n_tokens": graph.n_tokens, "fingerprint": "t"}
+    monkeypatch.setattr(tp, "load_cooccurrence", lambda *a, **k: (graph, meta))
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[UNK]")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=4, n_positions=16)).eval()
+    import model_loading
+    monkeypatch.setattr(model_loading, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(model_loading, "load_tokenizer", lambda *a, **k: tok)
+    monkeypatch.setattr(nt, "config_limits", lambda name: None)
+    argv = ["--model", "tiny-gpt2", "--layers", "0,1", "--neurons", "3", "--mode", "hi-c,lo-i", "--tau", "30",
+            "--kappa", "10,11", "--theta", "0.0,1", "--no-link", "--workers", "2", "--out-dir", str(tmp_path / "out"),
+            "--export", str(tmp_path / "export")]
+    assert nt.main(argv) == 0
+    out = pd.read_json(tmp_path / "out" / "results" / "neuron_topics.json", typ="series")
+    summary = out["summary"]
+    assert set(summary) == {"real/hi-c", "real/lo-i", "random pools/hi-c", "shuffled down-proj/hi-c"}
+    assert summary["real/hi-c"]["pools"] == 12 and out["corpus_words"] == graph.n_tokens
+    assert (tmp_path / "out" / "tables" / "neuron_topics.md").exists()
+    exported = sorted(p.name for p in (tmp_path / "export" / "tiny-gpt2").rglob("*"))
+    assert len([n for n in exported if n.endswith("_topics.csv")]) == 2 * 2 * 3 * 2     # modes x layers x 3 x polarities
+    assert {p.name for p in (tmp_path / "export" / "tiny-gpt2").iterdir()} == {"i", "iiii"}
+    assert nt.main(argv) == 0                                                         # resumed from the cache
+    again = pd.read_json(tmp_path / "out" / "results" / "neuron_topics.json", typ="series")
+    assert again["timings"]["pools"] == 0 and again["summary"] == summary
 
 
-# The command line's bad-input cases are rows of tests/test_bad_input.py's table.
+def test_readme_block_names_date_commit_machine_and_command(tmp_path):
+    from analysis.report import paste_between_markers
+    data = {"timings": {"total_s": 120.0, "cpu_s": 200.0, "pools": 10}, "workers": 2, "model": "m", "layers": [1],
+            "corpus_words": 2_940_000, "corpus_windows": 2_640_000, "vocab": 11000, "date": "2026-12-03 14:00 UTC",
+            "commit": "abc1234", "machine": "cpu x, 2 cores",
+            "summary": {"real/hi-c": {"neurons": 5, "pools": 10, "mean_pool_size": 200.0, "topics_per_pool": 1.5,
+                                      "mean_topic_npmi": 0.05, "n_topics": 15, "several_topics_share": 0.4,
+                                      "superposed_share": 0.2}}}
+    block = nt.readme_block(data, "python neuron_topics.py --full")
+    assert "2026-12-03 14:00 UTC" in block and "abc1234" in block and "2 cores" in block and "--full" in block
+    assert "2.94M words" in block and "| hi-c | real | 5 | 10 |" in block
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- topics:begin -->\nold\n<!-- topics:end -->\nb\n")
+    paste_between_markers(readme, "topics", block)
+    text = readme.read_text()
+    assert "old" not in text and block.strip() in text and text.startswith("a\n") and text.endswith("b\n")
+    readme.write_text("no markers")
+    with pytest.raises(UserError, match="no <!-- topics:begin -->"):
+        paste_between_markers(readme, "topics", block)
 
 
+def test_readme_has_the_generated_section_markers():
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert text.count("<!-- topics:begin -->") == 1 and text.count("<!-- topics:end -->") == 1
