@@ -108,3 +108,17 @@ def system_sections(out_dir) -> list[str]:
     found = {p.stem: p for p in folder.glob("*.md")} if folder.is_dir() else {}
     order = [n for n in SYSTEM_ORDER if n in found] + sorted(n for n in found if n not in SYSTEM_ORDER)
     return [found[n].read_text().rstrip() + "\n" for n in order]
+
+
+def replace_between_markers(path: Path, tag: str, text: str) -> None:
+    """Replace what lies between ``<!-- tag:begin -->`` and ``<!-- tag:end -->`` in ``path`` by ``text``
+    (generated tables pasted into a README). A missing marker is a UserError naming both."""
+    from cli import UserError
+    path = Path(path)
+    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+    content = path.read_text()
+    if begin not in content or end not in content:
+        raise UserError(f"{path} has no {begin} ... {end} section to update: put the two markers back, or run "
+                        "without --update-readme")
+    head, rest = content.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}")

@@ -70,34 +70,55 @@ def _naive_projection(h, hp, ratio):
 
 
 def _naive_phi(x, feature, s):
-    z = x / s
-    return {"linear": x, "squared_exponential": np.sign(z) * (1 - np.exp(-z * z / 2)),
-            "tanh": np.tanh(z), "elu": np.where(z > 0, z, np.exp(z) - 1)}[feature]
+    """The feature maps, written out: non-linear within +-KNEE scales, the tangent line beyond."""
+    c, z = sea.KNEE, x / s
+    if feature == "linear":
+        return x
+    if feature == "elu":
+        return np.where(z >= -c, np.where(z > 0, z, np.exp(np.maximum(z, -c)) - 1),
+                        np.exp(-c) - 1 + np.exp(-c) * (z + c))
+    f = {"tanh": np.tanh, "squared_exponential": lambda a: 1 - np.exp(-a * a / 2)}[feature]
+    df = {"tanh": lambda a: 1 - np.tanh(a) ** 2, "squared_exponential": lambda a: a * np.exp(-a * a / 2)}[feature]
+    a = np.abs(z)
+    return np.sign(z) * np.where(a <= c, f(np.minimum(a, c)), f(c) + df(c) * (a - c))
 
 
 def _naive_phi_inv(y, feature, s):
-    eps = sea.EPS
+    c = sea.KNEE
     if feature == "linear":
         return y
-    if feature == "tanh":
-        return np.arctanh(np.clip(y, -1 + eps, 1 - eps)) * s
     if feature == "elu":
-        return np.where(y > 0, y, np.log(1 + np.maximum(y, -1 + eps))) * s
-    return np.sign(y) * np.sqrt(-2 * np.log(1 - np.minimum(np.abs(y), 1 - eps))) * s
+        v = np.exp(-c) - 1
+        inner = np.where(y > 0, y, np.log(1 + np.clip(y, v, 0)))
+        return np.where(y >= v, inner, -c + (y - v) / np.exp(-c)) * s
+    if feature == "tanh":
+        v, slope, inv = np.tanh(c), 1 - np.tanh(c) ** 2, np.arctanh
+    else:
+        v, slope = 1 - np.exp(-c * c / 2), c * np.exp(-c * c / 2)
+        inv = lambda b: np.sqrt(-2 * np.log(1 - b))
+    a = np.abs(y)
+    return np.sign(y) * np.where(a <= v, inv(np.minimum(a, v)), c + (a - v) / slope) * s
 
 
-@pytest.mark.parametrize("feature,combine", [("linear", "average"), ("linear", "l2_norm"),
-                                             ("squared_exponential", "average"), ("tanh", "l2_norm"),
-                                             ("elu", "average")])
-def test_projections_and_edited_forward_equal_a_naive_float64_implementation(feature, combine):
+@pytest.mark.parametrize("feature,combine,center", [("linear", "average", False), ("linear", "l2_norm", False),
+                                                    ("linear", "l2_norm", True), ("squared_exponential", "average", False),
+                                                    ("tanh", "l2_norm", True), ("elu", "average", False)])
+@pytest.mark.parametrize("site", ["residual", "mlp"])
+def test_projections_and_edited_forward_equal_a_naive_float64_implementation(feature, combine, center, site):
+    """Projections, ranks, means, per-dimension scales and the edited forward pass (center=True too) against
+    numpy in float64."""
     model = tiny_stock_model("llama").double()
     H, Hp, Hn = (a.double() for a in _activations(model, n=40))
     layers = [1, 3]
-    edit = sea.fit(H, Hp, Hn, layers=layers, energy_pos=0.9, energy_neg=0.8, feature=feature, combine=combine)
+    edit = sea.fit(H, Hp, Hn, layers=layers, energy_pos=0.9, energy_neg=0.8, feature=feature, combine=combine,
+                   center=center, site=site)
     naive = {}
     for l in layers:
         h, hp, hn = (a[:, l].numpy() for a in (H, Hp, Hn))
-        s = np.sqrt((h ** 2).mean()) if feature != "linear" else 1.0
+        mu = h.mean(0) if center else np.zeros(h.shape[1])
+        if center:
+            h, hp, hn = h - h.mean(0), hp - hp.mean(0), hn - hn.mean(0)
+        s = np.sqrt((h ** 2).mean(0)) if feature != "linear" else np.ones(h.shape[1])
         fh, fp, fn = (_naive_phi(a, feature, s) for a in (h, hp, hn))
         up, kp = _naive_projection(fh, fp, 0.9)
         un, kn = _naive_projection(fh, fn, 0.8)
@@ -106,28 +127,81 @@ def test_projections_and_edited_forward_equal_a_naive_float64_implementation(fea
         assert edit.settings["ranks"][l] == [kp, kn]
         np.testing.assert_allclose(edit.pos[l].numpy() @ edit.pos[l].numpy().T, P, atol=1e-9)
         np.testing.assert_allclose(edit.neg[l].numpy() @ edit.neg[l].numpy().T, N, atol=1e-9)
-        naive[l] = (P, N, s)
+        if center:
+            np.testing.assert_allclose(edit.mean[l].numpy(), mu, rtol=1e-12, atol=1e-12)
+        naive[l] = (P, N, s, mu)
 
     def naive_edit(h, name):
-        l = int(name.rsplit(".", 1)[1])
-        P, N, s = naive[l]
-        x = _naive_phi(h.numpy(), feature, s)
+        l = int(name.split(".")[-2 if site == "mlp" else -1])
+        P, N, s, mu = naive[l]
+        x = _naive_phi(h.numpy() - mu, feature, s)
         a, b = x @ P.T, x @ N.T
         if combine == "average":
             y = (a + b) / 2
         else:
             y = (a + b) * np.linalg.norm(x, axis=-1, keepdims=True) / np.linalg.norm(a + b, axis=-1, keepdims=True)
-        return torch.from_numpy(_naive_phi_inv(y, feature, s))
+        return torch.from_numpy(_naive_phi_inv(y, feature, s) + mu)
 
+    targets = layers if site == "residual" else [f"{hooks.layer_name(model, l)}.mlp" for l in layers]
     ids = torch.randint(3, 100, (3, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         with edit.apply(model):
             ours = model(ids).logits
-        with hooks.TraceDict(model, layers, retain_output=False, edit_output=naive_edit):
+        with hooks.TraceDict(model, targets, retain_output=False, edit_output=naive_edit):
             theirs = model(ids).logits
         stock = model(ids).logits
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
     assert not torch.allclose(ours, stock)
+
+
+def test_feature_maps_are_bijections_that_never_saturate():
+    """phi^-1(phi(x)) = x far beyond the fitted range (outlier dimensions at hundreds of scales), in float64:
+    the error is a few ulps of the largest value."""
+    x = torch.cat([torch.linspace(-500, 500, 20001, dtype=torch.float64), torch.tensor([0.0, 1e-6, -1e-6])])
+    s = torch.tensor(2.0, dtype=torch.float64)
+    for feature in sea.FEATURES:
+        y = sea.phi(x, feature, s)
+        assert torch.all(torch.diff(y[:20001]) > 0), feature          # strictly increasing: invertible
+        back = sea.phi_inverse(y, feature, s)
+        # near 0 the squared exponential's inverse is a square root: its error is sqrt(ulp) there
+        tol = 1e-11 * 500 + (1e-7 if feature == "squared_exponential" else 0)
+        assert float((back - x).abs().max()) < tol, feature
+
+
+@pytest.mark.parametrize("site", ["residual", "mlp"])
+@pytest.mark.parametrize("feature", ["tanh", "elu", "squared_exponential"])
+def test_phi_sea_identity_round_trip_is_float32_noise(feature, site):
+    """k+ = d, k- = 0: phi, the (identity) projections, the combine and phi^-1 all run, and the logits equal the
+    unedited model's within float32 rounding (float32 eps x the logits' size, with margin)."""
+    model = tiny_stock_model("llama")
+    H, Hp, Hn = _activations(model)
+    d = H.shape[-1]
+    ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        stock = model(ids).logits
+        # scales fitted on the states themselves, and 40x too small (every state far in the linear tails)
+        for combine, factor in [(c, f) for c in sea.COMBINES for f in (1.0, 1 / 40)]:
+            edit = sea.fit(H * factor, Hp, Hn, layers="all", k_pos=d, k_neg=0, feature=feature, combine=combine,
+                           site=site)
+            with edit.apply(model):
+                edited = model(ids).logits
+            tol = 64 * torch.finfo(torch.float32).eps * float(stock.abs().max())
+            assert float((edited - stock).abs().max()) <= tol
+    assert _no_hooks(model)
+
+
+def test_layer_heuristic_equals_the_sum_of_singular_values():
+    model = tiny_stock_model("llama")
+    _, Hp, Hn = _activations(model)
+    scores = sea.layer_heuristic(Hp, Hn)
+    n = Hp.shape[0]
+    for l, score in enumerate(scores):
+        x = np.concatenate([Hp[:, l].double().numpy(), Hn[:, l].double().numpy()])
+        y = np.concatenate([np.tile([0.0, 1.0], (n, 1)), np.tile([1.0, 0.0], (n, 1))])
+        assert score == pytest.approx(np.linalg.svd(x.T @ y / n, compute_uv=False).sum(), rel=1e-10)
+    top = sea.heuristic_layers(Hp, Hn)
+    assert len(top) == 2 and top == sorted(np.argsort(scores)[::-1][:2].tolist())
+    assert sea.fit(Hp, Hp, Hn, layers="heuristic").layers == top
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -152,7 +226,7 @@ def test_padded_batch_equals_one_at_a_time(family, site):
 def test_generate_with_the_edit_equals_a_manual_greedy_loop(family):
     model = tiny_stock_model(family)
     H, Hp, Hn = _activations(model)
-    edit = sea.fit(H, Hp, Hn, layers="all", energy_pos=0.9, energy_neg=0.9, feature="tanh")
+    edit = sea.fit(H, Hp, Hn, layers="all", k_pos=2, k_neg=2, feature="tanh", site="residual")   # a strong edit
     ids = torch.randint(3, 100, (1, 5), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         stock = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
@@ -169,12 +243,17 @@ def test_generate_with_the_edit_equals_a_manual_greedy_loop(family):
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    """Projections, per-dimension scales, means and every option survive save/load (float64 in the file)."""
     model = tiny_stock_model("llama")
     H, Hp, Hn = _activations(model)
     edit = sea.fit(H, Hp, Hn, layers="last-2", energy_pos=0.95, energy_neg=0.9, feature="squared_exponential",
-                   combine="l2_norm", site="mlp")
+                   combine="average", site="residual", center=True)
     loaded = sea.load(edit.save(tmp_path / "e.safetensors"))
-    assert (loaded.layers, loaded.feature, loaded.combine, loaded.site) == (edit.layers, edit.feature, "l2_norm", "mlp")
+    assert (loaded.layers, loaded.feature, loaded.combine, loaded.site) == (edit.layers, edit.feature, "average",
+                                                                            "residual")
+    assert loaded.settings["center"] is True and sorted(loaded.mean) == edit.layers
+    for l in edit.layers:
+        assert torch.equal(loaded.mean[l], edit.mean[l]) and torch.equal(loaded.scale[l], edit.scale[l])
     assert loaded.settings["ranks"] == {str(k): v for k, v in edit.settings["ranks"].items()}
     ids = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
