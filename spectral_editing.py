@@ -148,6 +148,15 @@ def _key(settings: dict) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# What the demonstrations depend on (besides the task's data): not the edit's settings, which the edits' and
+# the evaluations' keys hold in full.
+DEMO_KEYS = ("model", "model_fingerprint", "seed", "TOX_FIT_SAMPLES", "TOX_NEW_TOKENS", "TOX_PROMPT_SHARE")
+
+
+def _demo_key(cfg: dict, task: str, data: str) -> str:
+    return _key({"task": task, "data": data, **{k: cfg.get(k) for k in DEMO_KEYS}})
+
+
 def bootstrap(values, n: int = BOOTSTRAP, seed: int = SEED, weights=None) -> tuple[float, float, float]:
     """Mean (or weighted mean, sum(v) / sum(w)) of per-unit values and its bootstrap 95 % interval."""
     v = np.asarray(values, dtype=float)
@@ -559,7 +568,9 @@ def truthfulqa(model, tok, cfg, folder):
     prompts = [f"Q: {it['question']}{tail}" for it in items]
     dev, test = _split(len(items), cfg["TQA_DEV"] if cfg["search"] else 0, cfg["seed"])
     test_folds, dev_folds = _folds(len(test), cfg["FOLDS"], cfg["seed"]), _folds(len(dev), 2, cfg["seed"])
-    key = _key({**cfg, "task": "truthfulqa", "data": _text_hash(items, prompts, clean, clean_dev)})
+    data_hash = _text_hash(items, prompts, clean, clean_dev)
+    key = _key({**cfg, "task": "truthfulqa", "data": data_hash})
+    demo_key = _demo_key(cfg, "truthfulqa", data_hash)
 
     def score_all(indices, read_states=False):
         out, head = [], head_cache(model, tok, head_text)
@@ -571,7 +582,7 @@ def truthfulqa(model, tok, cfg, folder):
         return out
 
     demos_path = folder / "demos.pt"
-    demos = _cached(demos_path, key)
+    demos = _cached(demos_path, demo_key)
     if demos is None:
         print(f"  demonstrations: {len(items)} questions", flush=True)
         scored = score_all(range(len(items)), read_states=True)
@@ -585,7 +596,7 @@ def truthfulqa(model, tok, cfg, folder):
                 Hp.append(states[j])
                 Hn.append(states[nt + j])
                 owner.append(i)
-        demos = {"key": key, "H": torch.stack(H), "Hp": torch.stack(Hp), "Hn": torch.stack(Hn),
+        demos = {"key": demo_key, "H": torch.stack(H), "Hp": torch.stack(Hp), "Hn": torch.stack(Hn),
                  "owner": np.array(owner)}
         _atomic_save(demos, demos_path)
 
@@ -640,7 +651,9 @@ def bbq(model, tok, cfg, folder):
     n_dev = cfg["BBQ_DEV"] if cfg["search"] else 0
     fit, items, dev = load_bbq(cfg["BBQ_FIT"], cfg["BBQ_PAIRS"], cfg["BBQ_DISAMBIG"], cfg["seed"], n_dev)
     clean, clean_dev = load_clean(cfg["PPL_TEXTS"], cfg["PPL_DEV_TEXTS"], cfg["seed"])
-    key = _key({**cfg, "task": "bbq", "data": _text_hash(fit, items, dev, clean, clean_dev)})
+    data_hash = _text_hash(fit, items, dev, clean, clean_dev)
+    key = _key({**cfg, "task": "bbq", "data": data_hash})
+    demo_key = _demo_key(cfg, "bbq", data_hash)
 
     head_text, tail = split_template(tok, PLACEHOLDER)   # the chat template's system turn: cached once
 
@@ -650,7 +663,7 @@ def bbq(model, tok, cfg, folder):
         return sums / counts, states, tokens
 
     demos_path = folder / "demos.pt"
-    demos = _cached(demos_path, key)
+    demos = _cached(demos_path, demo_key)
     if demos is None:
         print(f"  demonstrations: {len(fit)} disambiguated items", flush=True)
         H, Hp, Hn = [], [], []
@@ -661,7 +674,7 @@ def bbq(model, tok, cfg, folder):
             H.append(states[int(np.argmax(scores))])
             Hp.append(states[it["answer"]])
             Hn.append(states[wrong])
-        demos = {"key": key, "H": torch.stack(H), "Hp": torch.stack(Hp), "Hn": torch.stack(Hn)}
+        demos = {"key": demo_key, "H": torch.stack(H), "Hp": torch.stack(Hp), "Hn": torch.stack(Hn)}
         _atomic_save(demos, demos_path)
     fit_demos = (demos["H"], demos["Hp"], demos["Hn"])
 
@@ -720,10 +733,12 @@ def toxicity(model, tok, cfg, folder):
     n_dev = cfg["TOX_DEV"] if cfg["search"] else 0
     fit, held, dev = load_toxicity(cfg["TOX_FIT"], cfg["TOX_EVAL"], n_dev, cfg["seed"])
     clean, clean_dev = load_clean(cfg["PPL_TEXTS"], cfg["PPL_DEV_TEXTS"], cfg["seed"])
-    key = _key({**cfg, "task": "toxicity", "data": _text_hash(fit, held, dev, clean, clean_dev)})
+    data_hash = _text_hash(fit, held, dev, clean, clean_dev)
+    key = _key({**cfg, "task": "toxicity", "data": data_hash})
+    demo_key = _demo_key(cfg, "toxicity", data_hash)
     n_new, k = cfg["TOX_NEW_TOKENS"], cfg["TOX_FIT_SAMPLES"]
     demos_path = folder / "demos.pt"
-    demos = _cached(demos_path, key)
+    demos = _cached(demos_path, demo_key)
     if demos is None:
         texts = [t for _, t in fit]
         print(f"  demonstrations: {len(texts)} prompts x ({k} samples + greedy)", flush=True)
@@ -734,7 +749,7 @@ def toxicity(model, tok, cfg, folder):
         pos = [texts[i] + sampled[i * k + lo[i]] for i in range(len(texts))]
         neg = [texts[i] + sampled[i * k + hi[i]] for i in range(len(texts))]
         base = [texts[i] + greedy[i] for i in range(len(texts))]
-        demos = {"key": key, "H": last_states(model, tok, base), "Hp": last_states(model, tok, pos),
+        demos = {"key": demo_key, "H": last_states(model, tok, base), "Hp": last_states(model, tok, pos),
                  "Hn": last_states(model, tok, neg), "sample_scores": scores,
                  "greedy_scores": toxicity_scores(greedy)}
         _atomic_save(demos, demos_path)

@@ -342,3 +342,87 @@ def test_end_to_end_on_smollm2(tmp_path):
     assert (tmp_path / "tables" / "spectral_editing_truthfulqa.tex").exists()
     assert (tmp_path / "figures" / "spectral_editing_truthfulqa.png").stat().st_size > 0
     assert "### truthfulqa" in (tmp_path / "results" / "spectral_editing.md").read_text()
+
+
+# -- the script: the search reads dev items only; the cache is keyed on its inputs -------------------------
+def _run_script(monkeypatch, capsys, argv, load=None):
+    """spectral_editing.main in this process (``load`` replaces load_truthfulqa); its JSON and stdout."""
+    import json
+    import spectral_editing as se
+    if load is not None:
+        monkeypatch.setattr(se, "load_truthfulqa", load)
+    capsys.readouterr()
+    assert se.main(argv) == 0
+    out = capsys.readouterr().out
+    folder = Path(argv[argv.index("--out-dir") + 1])
+    return json.loads((folder / "results" / "spectral_editing_truthfulqa.json").read_text()), out
+
+
+def _tqa_argv(tiny, tmp, out="out", cache="cache", *extra):
+    return ["--task", "truthfulqa", "--quick", "--model", str(tiny), "--threads", "1", "--out-dir", str(tmp / out),
+            "--cache-dir", str(tmp / cache), *extra]
+
+
+def test_search_never_reads_test_items(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """Scramble the test questions' labels (true and false answers swapped): the dev search, its every row and
+    its pick stay the same, while the test rows change."""
+    import spectral_editing as se
+    monkeypatch.setattr(se, "SEARCH_RANKS", ("energy", 16))      # 8 settings instead of 24: the same code path
+    monkeypatch.setattr(se, "SEARCH_SITES", ("mlp",))
+    real = se.load_truthfulqa
+
+    def scrambled(n, seed):
+        items, prefix = real(n, seed)
+        _, test = se._split(len(items), se.QUICK["TQA_DEV"], seed)
+        for i in test:
+            it = items[i]
+            items[i] = dict(it, true=it["false"], false=it["true"], best=it["false"][0])
+        return items, prefix
+
+    honest, _ = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path, "a", "ca", "--search"))
+    other, _ = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path, "b", "cb", "--search"), scrambled)
+    assert honest["search"] == other["search"] and len(honest["search"]["rows"]) == 8
+    assert honest["setting"] == other["setting"]
+    assert honest["rows"]["no edit"]["MC2"] != other["rows"]["no edit"]["MC2"]
+
+
+def test_a_changed_input_is_recomputed_never_reported_stale(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """Rerun into the same cache and output with one question's text changed, then with one setting changed:
+    every row is recomputed, and equals a fresh run's."""
+    import spectral_editing as se
+    real = se.load_truthfulqa
+
+    def changed(n, seed):
+        items, prefix = real(n, seed)
+        items[0] = dict(items[0], question=items[0]["question"] + " Really?")
+        return items, prefix
+
+    def metrics(data):
+        return {n: {m: v for m, v in row.items() if m != "tok/s"} for n, row in data["rows"].items()}
+
+    first, _ = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path))
+    again, out = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path))
+    assert "demonstrations" not in out and "eval:" not in out          # the same inputs: all from the cache
+    rerun, out = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path), changed)
+    assert "demonstrations" in out and out.count("eval:") == 6
+    fresh, _ = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path, "fresh", "cfresh"), changed)
+    assert metrics(rerun) == metrics(fresh) and metrics(rerun) != metrics(first)
+    centered, out = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path, "out", "cache", "--center"),
+                                changed)
+    assert "demonstrations" not in out and out.count("eval:") == 6    # same demonstrations, new edits and rows
+    assert centered["settings"]["center"] is True
+
+
+def test_update_readme_pastes_the_tables_with_their_provenance(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    import spectral_editing as se
+    from cli import UserError
+    _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- sea-full:begin -->\nnot yet run\n<!-- sea-full:end -->\ntail\n")
+    se.update_readme(tmp_path / "out", readme)
+    text = readme.read_text()
+    assert "not yet run" not in text and text.endswith("<!-- sea-full:end -->\ntail\n")
+    assert "### truthfulqa" in text and "| no edit |" in text and "commit " in text and "--task truthfulqa" in text
+    readme.write_text("no markers")
+    with pytest.raises(UserError, match="no <!-- sea-full:begin -->"):
+        se.update_readme(tmp_path / "out", readme)
