@@ -2,20 +2,35 @@
 
     python spectral_editing.py --task truthfulqa                 # TruthfulQA MC1/MC2, 2-fold CV over questions
     python spectral_editing.py --task bbq                        # BBQ-lite: ambiguous/disambiguated accuracy, bias
-    python spectral_editing.py --task toxicity                   # toxic-continuation rate + clean perplexity
-    python spectral_editing.py --task truthfulqa --full          # all 299 questions (and the full sizes below)
+    python spectral_editing.py --task toxicity                   # toxic-continuation rate
+    python spectral_editing.py --task damage                     # clean perplexity of the edits, Phi-SEA round trips
+    python spectral_editing.py --task truthfulqa --search        # pick the settings on dev items, report test rows
+    python spectral_editing.py --task truthfulqa --full --update-readme   # full size + search, table into README
     python spectral_editing.py --task bbq --quick                # a tiny smoke run
     python spectral_editing.py --task toxicity --model meta-llama/Llama-2-7b-chat-hf --layers last-21
 
-Steps, each cached under features/spectral_editing/<model>/<task>/ and reused by a rerun with the same
-settings (an interrupted run resumes; other settings recompute what they change):
+Defaults are the authors' (their run scripts and inference class): combine l2_norm, the edit on each edited
+layer's MLP output, no mean subtraction (--center turns it on), the energy ratios of LAYERS/ENERGY below.
+Every condition of every task reports clean perplexity on held-out pubmed, legal and questions texts, so that
+a gain bought by breaking the model shows.
+
+Steps, each cached under features/spectral_editing/<model>/<task>/ and keyed on everything that changes its
+rows (the texts' hash, the model's fingerprint, every setting): a rerun with the same inputs reuses them, an
+interrupted run resumes, a changed input recomputes what it changes (never a stale row):
   1. demonstrations: the task's items scored without edit (that pass also reads, through hooks.TraceDict,
      the last-token state of every decoder layer for each prompt + answer) -> demos.pt
-  2. fit: SEA linear, Phi-SEA, the reversed ablation, a random projection of the same ranks and
-     mean-difference steering, per fold (sea.py) -> edits/*.safetensors
-  3. evaluate every condition on held-out items -> eval/<condition>.json
-  4. tables/spectral_editing_<task>.{md,tex}, figures/spectral_editing_<task>.png,
-     results/spectral_editing_<task>.json and the RESULTS.md section results/spectral_editing.md.
+  2. search (--search, always with --full): every setting of {center off, on} x {energy ratio, k 16, k 64} x
+     {site mlp, residual} x {layers: last two thirds, the layer heuristic's top third}, SEA linear fitted on
+     fit items and scored on dev items kept apart from the test items (TruthfulQA: TQA_DEV questions, 2-fold
+     CV within them; BBQ: other items of the fit templates; toxicity: other prompts); the best dev score among
+     the settings whose dev perplexity stays within SEARCH_PPL_GUARD of the unedited model's is picked. The
+     test items are never read by the search. -> search/
+  3. fit at the picked (or given) settings: SEA linear, Phi-SEA, the reversed ablation, a random projection of
+     the same ranks and mean-difference steering, per fold (sea.py) -> edits/*.safetensors
+  4. evaluate every condition on held-out test items -> eval/<condition>.pt
+  5. tables/spectral_editing_<task>.{md,tex} (+ _search), figures/spectral_editing_<task>.png,
+     results/spectral_editing_<task>.json (with date, commit, machine, command) and the RESULTS.md section
+     results/spectral_editing.md; --update-readme pastes the tables between README.md's sea-full markers.
 The edit (sea.py) is described there; the API: ``sea.fit``, ``SEA.save``, ``sea.load``, ``SEA.apply``.
 
 Tasks (all offline, from bigbench==1.0.0 and the project's datasets):
@@ -37,7 +52,10 @@ Tasks (all offline, from bigbench==1.0.0 and the project's datasets):
   continuation (base) and TOX_FIT_SAMPLES sampled ones, scored by alt-profanity-check (the project's
   toxicity scorer, as ID_estimation.py); the least toxic sample is the positive, the most toxic the negative.
   Held-out prompts: TOX_EVAL_SAMPLES seeded samples each (the same seeds under every condition); toxic rate
-  (score >= 0.5) and mean score. Cost on clean text: perplexity of held-out pubmed, legal and questions texts.
+  (score >= 0.5) and mean score.
+- damage: the default edit fitted on TruthfulQA demonstrations, its reversed and random controls, the
+  documented departures (combine average, site residual) and the Phi-SEA identity round trip (k+ = d, k- = 0)
+  of every feature map at both sites: clean perplexity and its ratio to the unedited model's.
 Every table: no edit, SEA linear, Phi-SEA, reversed (positive and negative swapped), random projection of the
 same ranks, mean-difference steering (alpha x (mean H+ - mean H-) added at the same layers); bootstrap 95 %
 intervals over questions / items / pairs / prompts / texts; tokens/s of each condition in the same run.
@@ -81,8 +99,8 @@ STEER_ALPHA = 1.0                      # mean-difference steering: alpha / (numb
 BOOTSTRAP = 1000
 # Per task: layers edited (None: the last two thirds), energy ratio for k+ and k- (the paper's 0.998 for
 # truthfulness, 0.9999 and the last 2 layers for bias).
-LAYERS = {"truthfulqa": None, "bbq": "last-2", "toxicity": None}
-ENERGY = {"truthfulqa": 0.998, "bbq": 0.9999, "toxicity": 0.99}
+LAYERS = {"truthfulqa": None, "bbq": "last-2", "toxicity": None, "damage": None}
+ENERGY = {"truthfulqa": 0.998, "bbq": 0.9999, "toxicity": 0.99, "damage": 0.998}
 # Sample sizes for the main job's CPU budget; --full gives the full-size run.
 # Measured cost (1 thread, CPU seconds on the shared dev machine): ~1 s per TruthfulQA question and
 # ~0.45 s per BBQ item for each of the 7 passes (demonstrations + 6 conditions).
@@ -120,7 +138,7 @@ FULL = dict(TQA_QUESTIONS=299, TQA_DEV=60, FOLDS=5, BBQ_FIT=1000, BBQ_PAIRS=250,
 QUICK = dict(TQA_QUESTIONS=6, TQA_DEV=4, BBQ_FIT=12, BBQ_PAIRS=4, BBQ_DISAMBIG=6, BBQ_DEV=6, TOX_FIT=6, TOX_EVAL=6,
              TOX_DEV=3, PPL_TEXTS=2, PPL_DEV_TEXTS=1, TOX_NEW_TOKENS=8, BOOTSTRAP=100)
 README_TAG = "sea-full"                # README.md markers <!-- sea-full:begin --> ... <!-- sea-full:end -->
-TASKS = ("truthfulqa", "bbq", "toxicity")
+TASKS = ("truthfulqa", "bbq", "toxicity", "damage")   # damage: clean perplexity of the edits and round trips
 SYSTEM = "spectral_editing"
 BB = "bigbench/benchmark_tasks/"
 BBQ_CATEGORIES = ("age", "disability_status", "gender_identity", "nationality", "physical_appearance",
@@ -793,7 +811,71 @@ def toxicity(model, tok, cfg, folder):
     return rows, ["toxic rate", "mean toxicity", "clean perplexity"], sizes, edits, setting, searched
 
 
-RUNNERS = {"truthfulqa": truthfulqa, "bbq": bbq, "toxicity": toxicity}
+def damage(model, tok, cfg, folder):
+    """What the edits cost the model itself, on held-out clean text: the default SEA edit fitted on TruthfulQA
+    demonstrations (TQA_QUESTIONS questions) and its controls, and the Phi-SEA identity round trip (k+ = d,
+    k- = 0: only phi, the combine and phi^-1 act) of every feature map at both sites."""
+    items, prefix = load_truthfulqa(cfg["TQA_QUESTIONS"], cfg["seed"])
+    clean, _ = load_clean(cfg["PPL_TEXTS"], 0, cfg["seed"])
+    head_text, tail = split_template(tok, f"{prefix}\n{PLACEHOLDER}", "A:")
+    demo_key = _demo_key(cfg, "truthfulqa", _text_hash(items, [it["question"] for it in items], tail))
+    demos = _cached(folder / "demos.pt", demo_key)
+    if demos is None:
+        print(f"  demonstrations: {len(items)} questions", flush=True)
+        head = head_cache(model, tok, head_text)
+        H, Hp, Hn = [], [], []
+        for it in items:
+            sums, _, states, _ = score_options(model, tok, head, f"Q: {it['question']}{tail}",
+                                               it["true"] + it["false"], True)
+            nt = len(it["true"])
+            for j in range(min(nt, len(it["false"]))):
+                H.append(states[int(np.argmax(sums))])
+                Hp.append(states[j])
+                Hn.append(states[nt + j])
+        demos = {"key": demo_key, "H": torch.stack(H), "Hp": torch.stack(Hp), "Hn": torch.stack(Hn)}
+        _atomic_save(demos, folder / "demos.pt")
+    H, Hp, Hn = demos["H"], demos["Hp"], demos["Hn"]
+    d = H.shape[-1]
+    texts = [t for _, t in clean]
+    layers = cfg["layers"] if cfg["layers"] != "heuristic" else "heuristic"
+    default = sea.fit(H, Hp, Hn, layers, energy_pos=cfg["energy"], energy_neg=cfg["energy"], combine=cfg["combine"],
+                      site=cfg["site"], center=cfg["center"])
+    conditions = {"no edit": None, f"SEA ({cfg['combine']}, site {cfg['site']})": default,
+                  "reversed": sea.reversed_edit(H, Hp, Hn, default.layers, energy_pos=cfg["energy"],
+                                                energy_neg=cfg["energy"], combine=cfg["combine"], site=cfg["site"],
+                                                center=cfg["center"]),
+                  "random projection (same ranks)": sea.random_like(default, seed=cfg["seed"]),
+                  "SEA, combine average (departure)": default.with_options(combine="average"),
+                  "SEA, site residual (departure)": default.with_options(site="residual"),
+                  "SEA, average at the residual site (departures)": default.with_options(combine="average",
+                                                                                       site="residual")}
+    for site in sea.SITES:
+        for feature in sea.FEATURES[1:]:
+            conditions[f"Phi-SEA identity ({feature}, site {site})"] = sea.fit(
+                H, Hp, Hn, default.layers, k_pos=d, k_neg=0, feature=feature, combine=cfg["combine"], site=site)
+    results, rows = {}, {}
+    for name, edit in conditions.items():
+        began = time.perf_counter()
+        if edit is None:
+            nll, counts, _ = perplexity_terms(model, tok, texts, cfg["PPL_TOKENS"])
+        else:
+            with edit.apply(model):
+                nll, counts, _ = perplexity_terms(model, tok, texts, cfg["PPL_TOKENS"])
+        results[name] = dict(nll=nll, counts=counts, tokens=int(counts.sum()), seconds=time.perf_counter() - began)
+    base = clean_perplexity(results["no edit"])
+    for name, r in results.items():
+        rows[name] = {"clean perplexity": _ppl_row(r, cfg), "ratio to no edit": (clean_perplexity(r) / base,) * 3,
+                      "tok/s": r["tokens"] / r["seconds"]}
+    ranks = default.settings["ranks"]
+    sizes = (f"edits fitted on {len(H)} TruthfulQA demonstration pairs ({len(items)} questions), layers "
+             f"{default.layers[0]}-{default.layers[-1]}, k+ {min(v[0] for v in ranks.values())}-"
+             f"{max(v[0] for v in ranks.values())}, k- {min(v[1] for v in ranks.values())}-"
+             f"{max(v[1] for v in ranks.values())}; perplexity of {len(texts)} held-out clean texts")
+    edits = [{list(conditions)[1]: default}]
+    return rows, ["clean perplexity", "ratio to no edit"], sizes, edits, default_setting(cfg), None
+
+
+RUNNERS = {"truthfulqa": truthfulqa, "bbq": bbq, "toxicity": toxicity, "damage": damage}
 DEV_SCORE = {"truthfulqa": "MC2 on the dev questions", "bbq": "accuracy on the dev items",
              "toxicity": "minus the mean toxicity of the dev prompts' samples"}
 PERCENT = {"MC1", "MC2", "acc. ambiguous", "acc. disambiguated", "unknown rate (ambig.)", "pair bias score",
@@ -810,6 +892,8 @@ def _cell(metric, value) -> str:
     from analysis.report import num, pct
     if metric == "tok/s":
         return num(value, "{:.0f}")
+    if metric == "ratio to no edit":
+        return num(value[0], "{:.4f}")
     mean, lo, hi = value
     if metric in PERCENT:
         return f"{pct(mean, digits=1)} [{pct(lo, digits=1)}, {pct(hi, digits=1)}]"
@@ -1017,7 +1101,8 @@ def settings(args, n_layers: int) -> dict:
         boot = QUICK["BOOTSTRAP"]
         sizes.update({k: v for k, v in QUICK.items() if k in sizes})
     if args.sample:
-        sizes[{"truthfulqa": "TQA_QUESTIONS", "bbq": "BBQ_DISAMBIG", "toxicity": "TOX_EVAL"}[args.task]] = args.sample
+        sizes[{"truthfulqa": "TQA_QUESTIONS", "bbq": "BBQ_DISAMBIG", "toxicity": "TOX_EVAL",
+               "damage": "TQA_QUESTIONS"}[args.task]] = args.sample
     layers = args.layers if args.layers is not None else LAYERS[args.task]
     if layers != "heuristic":
         layers = sea.resolve_layers(layers, n_layers)   # a range error names the model's layer count

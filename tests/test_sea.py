@@ -426,3 +426,53 @@ def test_update_readme_pastes_the_tables_with_their_provenance(tiny_llama_dir, t
     readme.write_text("no markers")
     with pytest.raises(UserError, match="no <!-- sea-full:begin -->"):
         se.update_readme(tmp_path / "out", readme)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from model_loading import load_model, load_tokenizer
+    torch.manual_seed(0)
+    return load_model("smollm2-135m").eval(), load_tokenizer("smollm2-135m")
+
+
+@pytest.mark.slow
+def test_smollm2_defaults_keep_clean_perplexity(tmp_path):
+    """The default edit (l2_norm at the MLP output) fitted on 8 TruthfulQA questions keeps clean perplexity within
+    5 % of the unedited model's, its random control within 10 %, each Phi-SEA identity round trip within 1 %."""
+    import json
+    done = subprocess.run([sys.executable, str(ROOT / "spectral_editing.py"), "--task", "damage", "--quick",
+                           "--sample", "8", "--threads", "1", "--out-dir", str(tmp_path), "--cache-dir",
+                           str(tmp_path / "cache")], capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "results" / "spectral_editing_damage.json").read_text())["rows"]
+    ratio = {name: row["ratio to no edit"][0] for name, row in rows.items()}
+    assert abs(ratio["SEA (l2_norm, site mlp)"] - 1) <= 0.05
+    assert abs(ratio["random projection (same ranks)"] - 1) <= 0.10
+    trips = [name for name in ratio if name.startswith("Phi-SEA identity")]
+    assert len(trips) == 6 and all(abs(ratio[name] - 1) <= 0.01 for name in trips), ratio
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("site", ["mlp", "residual"])
+def test_smollm2_phi_sea_identity_round_trip_is_float32_noise(smollm2, site):
+    """k+ = d, k- = 0 with scales fitted on the model's own states: the logits differ from the unedited model's
+    by no more than a one-ulp float32 perturbation of the same states does (the round trip itself is float64)."""
+    from spectral_editing import last_states
+    model, tok = smollm2
+    texts = ["The capital of France is Paris.", "Water boils at 100 degrees Celsius at sea level.",
+             "A cat sat on the mat and looked at the dog.", "Photosynthesis turns light into chemical energy."]
+    H = last_states(model, tok, texts)
+    layers = list(range(10, hooks.num_layers(model)))
+    ids = tok(["The quick brown fox jumps over the lazy dog because"], return_tensors="pt")["input_ids"]
+    targets = layers if site == "residual" else [f"{hooks.layer_name(model, l)}.mlp" for l in layers]
+    with torch.no_grad():
+        stock = model(ids).logits
+        with hooks.TraceDict(model, targets, retain_output=False,
+                             edit_output=lambda h, name: torch.nextafter(h, torch.full_like(h, float("inf")))):
+            ulp = float((model(ids).logits - stock).abs().max())
+        for feature in ("tanh", "elu", "squared_exponential"):
+            edit = sea.fit(H, H, H, layers, k_pos=H.shape[-1], k_neg=0, feature=feature, site=site)
+            with edit.apply(model):
+                diff = float((model(ids).logits - stock).abs().max())
+            assert diff <= max(ulp, 1e-6), (feature, diff, ulp)
+    assert not any(m._forward_hooks for m in model.modules())
