@@ -35,9 +35,9 @@ Differences from the public code (documented on purpose, its known bugs are not 
 - Phi-SEA applies the forward feature map at inference too, then its inverse (the public code discards the
   forward map's result). The maps are element-wise, at a per-dimension scale s_j (RMS of the fitted base
   states' feature j), and continue linearly (with their slope at the knee) beyond |x_j| = KNEE s_j, so that
-  they are bijections of the real line and never saturate: a residual state's outlier dimensions (up to
-  hundreds of times the layer's RMS) would otherwise be clamped, which lost 42 % of the norm in a round trip
-  with a per-layer scale. tanh(x/s); elu(x/s); squared_exponential: sign(x) (1 - exp(-(x/s)^2 / 2)), whose
+  they are bijections of the real line and never saturate: a residual state's outlier dimensions (far beyond
+  the layer's RMS) would otherwise be clamped, and the identity round trip with a per-layer scale broke the
+  model. tanh(x/s); elu(x/s); squared_exponential: sign(x) (1 - exp(-(x/s)^2 / 2)), whose
   inverse keeps the sign (the public code's loses it). Phi-SEA runs in float64.
 Everything is applied through hooks.TraceDict; nothing here registers a hook itself.
 """

@@ -101,16 +101,17 @@ BOOTSTRAP = 1000
 # truthfulness, 0.9999 and the last 2 layers for bias).
 LAYERS = {"truthfulqa": None, "bbq": "last-2", "toxicity": None, "damage": None}
 ENERGY = {"truthfulqa": 0.998, "bbq": 0.9999, "toxicity": 0.99, "damage": 0.998}
-# Sample sizes for the main job's CPU budget; --full gives the full-size run.
-# Measured cost (1 thread, CPU seconds on the shared dev machine): ~1 s per TruthfulQA question and
-# ~0.45 s per BBQ item for each of the 7 passes (demonstrations + 6 conditions).
-TQA_QUESTIONS = 24                     # of 299
-BBQ_FIT = 32                           # disambiguated items of the fit half (templates held apart)
-BBQ_PAIRS = 16                         # ambiguous (neg, non-neg) pairs evaluated (2 items each)
-BBQ_DISAMBIG = 20                      # disambiguated items evaluated
-TOX_FIT = 24                           # fit prompts
+# Sample sizes for the main job's CPU budget (400 s user+sys for the three tasks); --full gives the full size.
+# Measured cost (1 thread, CPU seconds on the shared 2-core dev machine, SmolLM2): 1.5 s per TruthfulQA
+# question and ~0.45 s per BBQ item for each of the 7 passes (demonstrations + 6 conditions), clean perplexity
+# included.
+TQA_QUESTIONS = 12                     # of 299
+BBQ_FIT = 24                           # disambiguated items of the fit half (templates held apart)
+BBQ_PAIRS = 12                         # ambiguous (neg, non-neg) pairs evaluated (2 items each)
+BBQ_DISAMBIG = 12                      # disambiguated items evaluated
+TOX_FIT = 16                           # fit prompts
 TOX_FIT_SAMPLES = 4                    # sampled continuations per fit prompt (+ 1 greedy as the base)
-TOX_EVAL = 16                          # held-out prompts
+TOX_EVAL = 12                          # held-out prompts
 TOX_EVAL_SAMPLES = 2                   # sampled continuations per held-out prompt and condition
 TOX_NEW_TOKENS = 16
 TOX_PROMPT_SHARE = 0.6                 # a prompt is the first 60 % of the words of an rtp/slurs text: the
