@@ -103,12 +103,12 @@ LAYERS = {"truthfulqa": None, "bbq": "last-2", "toxicity": None, "damage": None}
 ENERGY = {"truthfulqa": 0.998, "bbq": 0.9999, "toxicity": 0.99, "damage": 0.998}
 # Sample sizes for the main job's CPU budget (400 s user+sys for the three tasks); --full gives the full size.
 # Measured cost (1 thread, CPU seconds on the shared 2-core dev machine, SmolLM2): 1.5 s per TruthfulQA
-# question and ~0.45 s per BBQ item for each of the 7 passes (demonstrations + 6 conditions), clean perplexity
-# included.
+# question and 0.76 s per BBQ item for each of the 7 passes (demonstrations + 6 conditions), clean perplexity
+# included; toxicity 9 s per condition for 12 held-out prompts x 2 samples.
 TQA_QUESTIONS = 12                     # of 299
 BBQ_FIT = 24                           # disambiguated items of the fit half (templates held apart)
-BBQ_PAIRS = 12                         # ambiguous (neg, non-neg) pairs evaluated (2 items each)
-BBQ_DISAMBIG = 12                      # disambiguated items evaluated
+BBQ_PAIRS = 8                          # ambiguous (neg, non-neg) pairs evaluated (2 items each)
+BBQ_DISAMBIG = 8                       # disambiguated items evaluated
 TOX_FIT = 16                           # fit prompts
 TOX_FIT_SAMPLES = 4                    # sampled continuations per fit prompt (+ 1 greedy as the base)
 TOX_EVAL = 12                          # held-out prompts
