@@ -102,16 +102,16 @@ BOOTSTRAP = 1000
 LAYERS = {"truthfulqa": None, "bbq": "last-2", "toxicity": None, "damage": None}
 ENERGY = {"truthfulqa": 0.998, "bbq": 0.9999, "toxicity": 0.99, "damage": 0.998}
 # Sample sizes for the main job's CPU budget (400 s user+sys for the three tasks); --full gives the full size.
-# Measured cost (1 thread, CPU seconds on the shared 2-core dev machine, SmolLM2): 1.5 s per TruthfulQA
+# Measured cost (1 thread, CPU seconds on the shared 2-core dev machine, SmolLM2): 1.5-1.9 s per TruthfulQA
 # question and 0.76 s per BBQ item for each of the 7 passes (demonstrations + 6 conditions), clean perplexity
-# included; toxicity 9 s per condition for 12 held-out prompts x 2 samples.
-TQA_QUESTIONS = 12                     # of 299
-BBQ_FIT = 24                           # disambiguated items of the fit half (templates held apart)
-BBQ_PAIRS = 8                          # ambiguous (neg, non-neg) pairs evaluated (2 items each)
+# included; toxicity 9-12 s per condition for 12 held-out prompts x 2 samples; ~20 s per task to start.
+TQA_QUESTIONS = 8                      # of 299
+BBQ_FIT = 16                           # disambiguated items of the fit half (templates held apart)
+BBQ_PAIRS = 4                          # ambiguous (neg, non-neg) pairs evaluated (2 items each)
 BBQ_DISAMBIG = 8                       # disambiguated items evaluated
-TOX_FIT = 16                           # fit prompts
+TOX_FIT = 12                           # fit prompts
 TOX_FIT_SAMPLES = 4                    # sampled continuations per fit prompt (+ 1 greedy as the base)
-TOX_EVAL = 12                          # held-out prompts
+TOX_EVAL = 8                           # held-out prompts
 TOX_EVAL_SAMPLES = 2                   # sampled continuations per held-out prompt and condition
 TOX_NEW_TOKENS = 16
 TOX_PROMPT_SHARE = 0.6                 # a prompt is the first 60 % of the words of an rtp/slurs text: the
