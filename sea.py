@@ -8,28 +8,43 @@
     edit.save("edit.safetensors"); edit = load("edit.safetensors")
 
 Per edited layer l, from the last-token states of base (H, the model's own answer), positive (H+) and
-negative (H-) demonstrations, in float64 and without mean subtraction (as the paper):
+negative (H-) demonstrations, in float64:
     Omega+ = phi(H)^T phi(H+) / N,  Omega- = phi(H)^T phi(H-) / N,  U S V^T = svd(Omega)
     k = smallest rank whose share of squared singular values reaches the energy ratio
     P+ = U+[:, :k+] U+[:, :k+]^T  (keep what covaries with the positive behaviour)
     P- = U-[:, k-:] U-[:, k-:]^T  (drop the top directions that covary with the negative one)
     x' = phi^-1(combine(P+ phi(x), P- phi(x)))   on every token of the edited layers.
+With ``center=True`` each set's own mean (over the demonstrations, per feature) is subtracted before phi and
+the cross-covariances, and at inference x' = mu + phi^-1(combine(P+ phi(x - mu), P- phi(x - mu))), mu the
+base states' mean (the public code's --do-mean-subtraction).
 A rank-d projection is the identity, and is applied as such (no rounding): k+ = d, k- = 0 edits nothing.
 
+The authors' defaults (their run scripts and inference class): combine "l2_norm", the edit on each edited
+layer's MLP output (site "mlp"), no mean subtraction. Options, documented as departures:
+- site "residual" edits the decoder layer's output, where the activations were read.
+- combine "average" returns (P+x + P-x)/2. Without mean subtraction the energy ratio keeps k+ = k- = 1 on
+  small models and the top directions of Omega+ and Omega- coincide, so P+ + P- = I and "average" returns
+  exactly x/2: halving the residual at every edited layer breaks the model (the README has the measured
+  perplexities). "l2_norm" rescales the same sum back to the input's norm.
 Differences from the public code (documented on purpose, its known bugs are not repeated):
-- site "residual" (default) edits the decoder layer's output, where the activations were read; "mlp"
-  (the public code's site) edits the layer's MLP output with the same projections.
-- combine "l2_norm" rescales the sum P+x + P-x of each token to that token's own L2 norm (per token, along
-  the hidden dimension); the public code divides by a norm taken across tokens per feature.
-- Phi-SEA applies the forward feature map at inference too, then its inverse. Feature maps are element-wise
-  and invertible, with a per-layer scale s (RMS of the fitted base states) so that they do not saturate:
-  tanh(x/s); elu(x/s); squared_exponential: sign(x) (1 - exp(-(x/s)^2 / 2)), whose inverse keeps the sign
-  (the public code's inverse loses it).
+- "l2_norm" rescales the sum P+x + P-x of each token to that token's own L2 norm (per token, along the hidden
+  dimension); the public code divides by a norm taken across tokens per feature.
+- center=True subtracts per-feature means over the demonstrations; the public code (after its d x N transpose)
+  takes the mean over the hidden dimension of each demonstration, and its inference adapter never subtracts
+  or adds a mean.
+- Phi-SEA applies the forward feature map at inference too, then its inverse (the public code discards the
+  forward map's result). The maps are element-wise, at a per-dimension scale s_j (RMS of the fitted base
+  states' feature j), and continue linearly (with their slope at the knee) beyond |x_j| = KNEE s_j, so that
+  they are bijections of the real line and never saturate: a residual state's outlier dimensions (far beyond
+  the layer's RMS) would otherwise be clamped, and the identity round trip with a per-layer scale broke the
+  model. tanh(x/s); elu(x/s); squared_exponential: sign(x) (1 - exp(-(x/s)^2 / 2)), whose
+  inverse keeps the sign (the public code's loses it). Phi-SEA runs in float64.
 Everything is applied through hooks.TraceDict; nothing here registers a hook itself.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +57,8 @@ from cli import UserError, parse_layer_spec
 FEATURES = ("linear", "squared_exponential", "tanh", "elu")
 COMBINES = ("average", "l2_norm")
 SITES = ("residual", "mlp")
-EPS = 1e-6                    # keeps inverse feature maps finite where a projection leaves their range
-FORMAT = "sea-edit/1"
+KNEE = 3.0                    # feature maps are non-linear within +-KNEE scales, linear (tangent) beyond
+FORMAT = "sea-edit/2"
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -63,32 +78,70 @@ def hidden_size(model: nn.Module) -> int:
     return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
 
 
-# -- feature maps: forward and inverse, element-wise, at scale s ------------------------------------------
+# -- feature maps: forward and inverse, element-wise, at scale s, linear beyond the knee ----------------------
+def _knee(feature: str):
+    """(value, slope) of the map at z = KNEE (elu: at z = -KNEE, where its tail begins)."""
+    c = KNEE
+    if feature == "tanh":
+        t = math.tanh(c)
+        return t, 1 - t * t
+    if feature == "elu":
+        return math.expm1(-c), math.exp(-c)
+    if feature == "squared_exponential":
+        return -math.expm1(-0.5 * c * c), c * math.exp(-0.5 * c * c)
+    raise UserError(f"unknown feature function {feature!r}: choose one of {', '.join(FEATURES)}")
+
+
 def phi(x: torch.Tensor, feature: str, scale) -> torch.Tensor:
     if feature == "linear":
         return x
-    z = x / scale
-    if feature == "tanh":
-        return torch.tanh(z)
+    z, c = x / scale, KNEE
+    value, slope = _knee(feature)
     if feature == "elu":
-        return torch.nn.functional.elu(z)
-    if feature == "squared_exponential":
-        return torch.sign(z) * -torch.expm1(-0.5 * z * z)
-    raise UserError(f"unknown feature function {feature!r}: choose one of {', '.join(FEATURES)}")
+        return torch.where(z >= -c, torch.nn.functional.elu(z.clamp(min=-c)), value + slope * (z + c))
+    a = z.abs()
+    inner = torch.tanh(a.clamp(max=c)) if feature == "tanh" else -torch.expm1(-0.5 * a.clamp(max=c) ** 2)
+    return torch.sign(z) * torch.where(a <= c, inner, value + slope * (a - c))
 
 
 def phi_inverse(y: torch.Tensor, feature: str, scale) -> torch.Tensor:
     if feature == "linear":
         return y
-    if feature == "tanh":
-        z = torch.atanh(y.clamp(-1 + EPS, 1 - EPS))
-    elif feature == "elu":
-        z = torch.where(y > 0, y, torch.log1p(y.clamp(min=-1 + EPS)))
-    elif feature == "squared_exponential":
-        z = torch.sign(y) * torch.sqrt(-2.0 * torch.log1p(-y.abs().clamp(max=1 - EPS)))
+    c = KNEE
+    value, slope = _knee(feature)
+    if feature == "elu":
+        inner = torch.where(y > 0, y, torch.log1p(y.clamp(min=value, max=0)))
+        z = torch.where(y >= value, inner, -c + (y - value) / slope)
     else:
-        raise UserError(f"unknown feature function {feature!r}: choose one of {', '.join(FEATURES)}")
+        a = y.abs()
+        inside = a.clamp(max=value)
+        inner = torch.atanh(inside) if feature == "tanh" else torch.sqrt(-2.0 * torch.log1p(-inside))
+        z = torch.sign(y) * torch.where(a <= value, inner, c + (a - value) / slope)
     return z * scale
+
+
+def layer_heuristic(positive, negative) -> list[float]:
+    """The public code's layer signature, per stored layer: the sum of the singular values of the
+    cross-covariance [H+; H-]^T Y / N between the activations and one-hot labels Y (positive [0, 1], negative
+    [1, 0]), in float64. Larger: the layer's states say more about the label (and are larger)."""
+    _, Hp, Hn = _check_demonstrations(positive, positive, negative)
+    n = Hp.shape[0]
+    labels = torch.cat([torch.tensor([[0.0, 1.0]]).repeat(n, 1), torch.tensor([[1.0, 0.0]]).repeat(n, 1)]).double()
+    out = []
+    for i in range(Hp.shape[1]):
+        x = torch.cat([Hp[:, i], Hn[:, i]]).double()
+        out.append(float(torch.linalg.svdvals(x.T @ labels / n).sum()))
+    return out
+
+
+def heuristic_layers(positive, negative, count: int | None = None, stored_layers=None) -> list[int]:
+    """The ``count`` stored layers (default: a third of them, at least one) with the largest
+    :func:`layer_heuristic`, in increasing order."""
+    scores = layer_heuristic(positive, negative)
+    stored = list(range(len(scores))) if stored_layers is None else [int(l) for l in stored_layers]
+    count = max(1, math.ceil(len(scores) / 3)) if count is None else int(count)
+    top = sorted(range(len(scores)), key=lambda i: -scores[i])[:count]
+    return sorted(stored[i] for i in top)
 
 
 def energy_rank(singular_values: torch.Tensor, ratio: float) -> int:
@@ -140,33 +193,44 @@ class _Applied:
 
 @dataclass
 class SEA(_Applied):
-    """Fitted projections, per layer: ``pos[l]`` = U+[:, :k+] and ``neg[l]`` = U-[:, k-:] (float64, [d, k])."""
+    """Fitted projections, per layer: ``pos[l]`` = U+[:, :k+] and ``neg[l]`` = U-[:, k-:] (float64, [d, k]);
+    ``scale[l]``: the feature maps' per-dimension scale [d] (1 for linear); ``mean[l]``: the base states'
+    mean [d] with ``center=True`` (else no entry)."""
     layers: list[int]
     hidden_size: int
     pos: dict
     neg: dict
-    scale: dict = field(default_factory=dict)          # per layer, for the feature maps (1 for linear)
+    scale: dict = field(default_factory=dict)
     feature: str = "linear"
-    combine: str = "average"
-    site: str = "residual"
-    settings: dict = field(default_factory=dict)       # energy ratios, N, k+/k- per layer, ...
+    combine: str = "l2_norm"
+    site: str = "mlp"
+    settings: dict = field(default_factory=dict)       # energy ratios, N, k+/k- per layer, center, ...
+    mean: dict = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False)
+
+    def _on(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        key = (id(t), x.dtype, x.device)
+        if key not in self._cache:
+            self._cache[key] = t.to(device=x.device, dtype=x.dtype)
+        return self._cache[key]
 
     def projector(self, basis: torch.Tensor, x: torch.Tensor):
         """P x for P = B B^T; None when B spans everything (P is then the identity, applied exactly)."""
         if basis.shape[1] >= self.hidden_size:
             return None
-        key = (id(basis), x.dtype, x.device)
-        if key not in self._cache:
-            self._cache[key] = basis.to(device=x.device, dtype=x.dtype)
-        b = self._cache[key]
+        b = self._on(basis, x)
         return (x @ b) @ b.T
 
     def edit_hidden(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        # Phi-SEA in float64: the inverse maps amplify rounding where their slope is small.
+        x = h if self.feature == "linear" else h.double()
+        mu = self.mean.get(layer)
+        if mu is not None:
+            x = x - self._on(mu, x)
         scale = self.scale.get(layer, 1.0)
         if torch.is_tensor(scale):
-            scale = float(scale)
-        x = phi(h, self.feature, scale)
+            scale = self._on(scale, x)
+        x = phi(x, self.feature, scale)
         p = self.projector(self.pos[layer], x)
         n = self.projector(self.neg[layer], x)
         p = x if p is None else p
@@ -176,7 +240,10 @@ class SEA(_Applied):
         else:  # l2_norm: the sum, rescaled to the input token's own norm (per token)
             total = p + n
             out = total * (x.norm(dim=-1, keepdim=True) / total.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-        return phi_inverse(out, self.feature, scale)
+        out = phi_inverse(out, self.feature, scale)
+        if mu is not None:
+            out = out + self._on(mu, out)
+        return out.to(h.dtype)
 
     def save(self, path) -> Path:
         from safetensors.torch import save_file
@@ -185,9 +252,13 @@ class SEA(_Applied):
         for l in self.layers:
             tensors[f"pos.{l}"] = self.pos[l].contiguous()
             tensors[f"neg.{l}"] = self.neg[l].contiguous()
+            scale = self.scale.get(l, 1.0)
+            tensors[f"scale.{l}"] = (scale if torch.is_tensor(scale)
+                                     else torch.full((self.hidden_size,), float(scale), dtype=torch.float64))
+            if l in self.mean:
+                tensors[f"mean.{l}"] = self.mean[l].contiguous()
         meta = dict(format=FORMAT, layers=self.layers, hidden_size=self.hidden_size, feature=self.feature,
-                    combine=self.combine, site=self.site, settings=self.settings,
-                    scale={str(l): float(self.scale.get(l, 1.0)) for l in self.layers})
+                    combine=self.combine, site=self.site, settings=self.settings, centered=sorted(self.mean))
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         save_file(tensors, str(partial), metadata={"sea": json.dumps(meta)})
@@ -200,7 +271,7 @@ class SEA(_Applied):
             if key in changes and changes[key] not in allowed:
                 raise UserError(f"unknown {key} {changes[key]!r}: choose one of {', '.join(allowed)}")
         values = {k: getattr(self, k) for k in ("layers", "hidden_size", "pos", "neg", "scale", "feature",
-                                                 "combine", "site", "settings")}
+                                                 "combine", "site", "settings", "mean")}
         return SEA(**{**values, **changes})
 
 
@@ -213,13 +284,16 @@ def load(path) -> SEA:
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get("sea", "{}"))
         if meta.get("format") != FORMAT:
-            raise UserError(f"{path} is not a SEA edit file ({FORMAT}): save one with SEA.save")
+            raise UserError(f"{path} is not a SEA edit file of this version ({FORMAT}, found "
+                            f"{meta.get('format')}): fit and save it again with sea.fit and SEA.save")
         layers = [int(l) for l in meta["layers"]]
         pos = {l: f.get_tensor(f"pos.{l}") for l in layers}
         neg = {l: f.get_tensor(f"neg.{l}") for l in layers}
-    return SEA(layers=layers, hidden_size=int(meta["hidden_size"]), pos=pos, neg=neg,
-               scale={int(k): v for k, v in meta["scale"].items()}, feature=meta["feature"],
-               combine=meta["combine"], site=meta["site"], settings=meta["settings"])
+        scale = {l: f.get_tensor(f"scale.{l}") for l in layers}
+        mean = {int(l): f.get_tensor(f"mean.{l}") for l in meta["centered"]}
+    return SEA(layers=layers, hidden_size=int(meta["hidden_size"]), pos=pos, neg=neg, scale=scale,
+               feature=meta["feature"], combine=meta["combine"], site=meta["site"], settings=meta["settings"],
+               mean=mean)
 
 
 def _check_demonstrations(base, positive, negative) -> tuple:
@@ -242,13 +316,15 @@ def _check_demonstrations(base, positive, negative) -> tuple:
 
 
 def fit(base, positive, negative, layers=None, *, energy_pos: float = 0.99, energy_neg: float = 0.99,
-        k_pos: int | None = None, k_neg: int | None = None, feature: str = "linear", combine: str = "average",
-        site: str = "residual", stored_layers=None) -> SEA:
+        k_pos: int | None = None, k_neg: int | None = None, feature: str = "linear", combine: str = "l2_norm",
+        site: str = "mlp", center: bool = False, stored_layers=None) -> SEA:
     """Fit SEA (``feature='linear'``) or Phi-SEA from paired last-token activations.
 
     base, positive, negative: ``[N, L, d]`` (the states of ``stored_layers``, default 0..L-1) or ``[N, d]``
-    (one layer). ``layers``: which of them to edit (None: the last two thirds; 'last-L', 'a-b', a list).
-    ``k_pos`` / ``k_neg`` fix the ranks instead of the energy ratios.
+    (one layer). ``layers``: which of them to edit (None: the last two thirds; 'heuristic': the third of the
+    stored layers with the largest :func:`layer_heuristic`; 'last-L', 'a-b', a list).
+    ``k_pos`` / ``k_neg`` fix the ranks instead of the energy ratios. ``center``: subtract each set's mean
+    before the cross-covariances and add the base mean back at inference.
     """
     if feature not in FEATURES:
         raise UserError(f"unknown feature function {feature!r}: choose one of {', '.join(FEATURES)}")
@@ -267,6 +343,8 @@ def fit(base, positive, negative, layers=None, *, energy_pos: float = 0.99, ener
     n_model = max(stored) + 1 if stored_layers is None else None
     if layers is None or layers == "default":
         chosen = default_layers(n_model) if n_model else stored
+    elif layers == "heuristic":
+        chosen = heuristic_layers(Hp, Hn, stored_layers=stored)
     elif n_model:
         chosen = parse_layer_spec(layers, n_model)
     else:
@@ -277,12 +355,19 @@ def fit(base, positive, negative, layers=None, *, energy_pos: float = 0.99, ener
     for name, k in (("k_pos", k_pos), ("k_neg", k_neg)):
         if k is not None and not 0 <= k <= d:
             raise UserError(f"{name} = {k} is out of range: a rank between 0 and the hidden size {d}")
-    pos, neg, scale, ranks = {}, {}, {}, {}
+    pos, neg, scale, ranks, mean = {}, {}, {}, {}, {}
     for l in chosen:
         i = stored.index(l)
         h, hp, hn = (a[:, i, :].double() for a in (H, Hp, Hn))
-        s = float(h.pow(2).mean().sqrt()) if feature != "linear" else 1.0
-        s = s if s > 0 else 1.0
+        if center:
+            mean[l] = h.mean(0)
+            h, hp, hn = (a - a.mean(0) for a in (h, hp, hn))
+        if feature != "linear":
+            s = h.pow(2).mean(0).sqrt()
+            fallback = float(h.pow(2).mean().sqrt())   # a feature that is 0 on every base state
+            s = torch.where(s > 0, s, fallback if fallback > 0 else 1.0)
+        else:
+            s = torch.ones(d, dtype=torch.float64)
         h, hp, hn = (phi(a, feature, s) for a in (h, hp, hn))
         u_pos, sv_pos, _ = torch.linalg.svd(h.T @ hp / n)
         u_neg, sv_neg, _ = torch.linalg.svd(h.T @ hn / n)
@@ -290,9 +375,10 @@ def fit(base, positive, negative, layers=None, *, energy_pos: float = 0.99, ener
         kn = energy_rank(sv_neg, energy_neg) if k_neg is None else k_neg
         pos[l], neg[l], scale[l] = u_pos[:, :kp].contiguous(), u_neg[:, kn:].contiguous(), s
         ranks[l] = [kp, kn]
-    settings = dict(energy_pos=energy_pos, energy_neg=energy_neg, k_pos=k_pos, k_neg=k_neg, n=n, ranks=ranks)
+    settings = dict(energy_pos=energy_pos, energy_neg=energy_neg, k_pos=k_pos, k_neg=k_neg, n=n, ranks=ranks,
+                    center=bool(center))
     return SEA(layers=chosen, hidden_size=d, pos=pos, neg=neg, scale=scale, feature=feature, combine=combine,
-               site=site, settings=settings)
+               site=site, settings=settings, mean=mean)
 
 
 def reversed_edit(base, positive, negative, layers=None, **options) -> SEA:
@@ -319,14 +405,15 @@ class MeanDifference(_Applied):
     hidden_size: int
     direction: dict
     alpha: float = 1.0
-    site: str = "residual"
+    site: str = "mlp"
 
     def edit_hidden(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         return h + self.alpha * self.direction[layer].to(device=h.device, dtype=h.dtype)
 
 
 def mean_difference(positive, negative, layers, *, alpha: float = 1.0, stored_layers=None,
-                    site: str = "residual") -> MeanDifference:
+                    site: str = "mlp") -> MeanDifference:
+    """Added to the MLP output (default) or the layer output: both add the vector to the residual stream."""
     _, Hp, Hn = _check_demonstrations(positive, positive, negative)
     _, n_stored, d = Hp.shape
     stored = list(range(n_stored)) if stored_layers is None else list(stored_layers)

@@ -143,6 +143,9 @@ CASES = [
         (["--full", "--quick"], "--full and --quick contradict each other"),
         (["--model", "/nonexistent/model"], "there is no folder or file /nonexistent/model"),
         (["--model", "{tiny}", "--layers", "40"], "--layers 40 is out of range: the model has 4 layers"),
+        (["--update-readme"], "--update-readme pastes full-size tables only: add --full"),
+        (["--layers", "heuristics"], "bad layer spec 'heuristics'"),
+        (["--combine", "sum"], "argument --combine: invalid choice: 'sum'"),
     ]],
     # -- selfie.py (SelfIE) -----------------------------------------------------------------------------
     *[(["selfie.py", *argv], 2, fragment) for argv, fragment in [

@@ -70,34 +70,55 @@ def _naive_projection(h, hp, ratio):
 
 
 def _naive_phi(x, feature, s):
-    z = x / s
-    return {"linear": x, "squared_exponential": np.sign(z) * (1 - np.exp(-z * z / 2)),
-            "tanh": np.tanh(z), "elu": np.where(z > 0, z, np.exp(z) - 1)}[feature]
+    """The feature maps, written out: non-linear within +-KNEE scales, the tangent line beyond."""
+    c, z = sea.KNEE, x / s
+    if feature == "linear":
+        return x
+    if feature == "elu":
+        return np.where(z >= -c, np.where(z > 0, z, np.exp(np.maximum(z, -c)) - 1),
+                        np.exp(-c) - 1 + np.exp(-c) * (z + c))
+    f = {"tanh": np.tanh, "squared_exponential": lambda a: 1 - np.exp(-a * a / 2)}[feature]
+    df = {"tanh": lambda a: 1 - np.tanh(a) ** 2, "squared_exponential": lambda a: a * np.exp(-a * a / 2)}[feature]
+    a = np.abs(z)
+    return np.sign(z) * np.where(a <= c, f(np.minimum(a, c)), f(c) + df(c) * (a - c))
 
 
 def _naive_phi_inv(y, feature, s):
-    eps = sea.EPS
+    c = sea.KNEE
     if feature == "linear":
         return y
-    if feature == "tanh":
-        return np.arctanh(np.clip(y, -1 + eps, 1 - eps)) * s
     if feature == "elu":
-        return np.where(y > 0, y, np.log(1 + np.maximum(y, -1 + eps))) * s
-    return np.sign(y) * np.sqrt(-2 * np.log(1 - np.minimum(np.abs(y), 1 - eps))) * s
+        v = np.exp(-c) - 1
+        inner = np.where(y > 0, y, np.log(1 + np.clip(y, v, 0)))
+        return np.where(y >= v, inner, -c + (y - v) / np.exp(-c)) * s
+    if feature == "tanh":
+        v, slope, inv = np.tanh(c), 1 - np.tanh(c) ** 2, np.arctanh
+    else:
+        v, slope = 1 - np.exp(-c * c / 2), c * np.exp(-c * c / 2)
+        inv = lambda b: np.sqrt(-2 * np.log(1 - b))
+    a = np.abs(y)
+    return np.sign(y) * np.where(a <= v, inv(np.minimum(a, v)), c + (a - v) / slope) * s
 
 
-@pytest.mark.parametrize("feature,combine", [("linear", "average"), ("linear", "l2_norm"),
-                                             ("squared_exponential", "average"), ("tanh", "l2_norm"),
-                                             ("elu", "average")])
-def test_projections_and_edited_forward_equal_a_naive_float64_implementation(feature, combine):
+@pytest.mark.parametrize("feature,combine,center", [("linear", "average", False), ("linear", "l2_norm", False),
+                                                    ("linear", "l2_norm", True), ("squared_exponential", "average", False),
+                                                    ("tanh", "l2_norm", True), ("elu", "average", False)])
+@pytest.mark.parametrize("site", ["residual", "mlp"])
+def test_projections_and_edited_forward_equal_a_naive_float64_implementation(feature, combine, center, site):
+    """Projections, ranks, means, per-dimension scales and the edited forward pass (center=True too) against
+    numpy in float64."""
     model = tiny_stock_model("llama").double()
     H, Hp, Hn = (a.double() for a in _activations(model, n=40))
     layers = [1, 3]
-    edit = sea.fit(H, Hp, Hn, layers=layers, energy_pos=0.9, energy_neg=0.8, feature=feature, combine=combine)
+    edit = sea.fit(H, Hp, Hn, layers=layers, energy_pos=0.9, energy_neg=0.8, feature=feature, combine=combine,
+                   center=center, site=site)
     naive = {}
     for l in layers:
         h, hp, hn = (a[:, l].numpy() for a in (H, Hp, Hn))
-        s = np.sqrt((h ** 2).mean()) if feature != "linear" else 1.0
+        mu = h.mean(0) if center else np.zeros(h.shape[1])
+        if center:
+            h, hp, hn = h - h.mean(0), hp - hp.mean(0), hn - hn.mean(0)
+        s = np.sqrt((h ** 2).mean(0)) if feature != "linear" else np.ones(h.shape[1])
         fh, fp, fn = (_naive_phi(a, feature, s) for a in (h, hp, hn))
         up, kp = _naive_projection(fh, fp, 0.9)
         un, kn = _naive_projection(fh, fn, 0.8)
@@ -106,28 +127,81 @@ def test_projections_and_edited_forward_equal_a_naive_float64_implementation(fea
         assert edit.settings["ranks"][l] == [kp, kn]
         np.testing.assert_allclose(edit.pos[l].numpy() @ edit.pos[l].numpy().T, P, atol=1e-9)
         np.testing.assert_allclose(edit.neg[l].numpy() @ edit.neg[l].numpy().T, N, atol=1e-9)
-        naive[l] = (P, N, s)
+        if center:
+            np.testing.assert_allclose(edit.mean[l].numpy(), mu, rtol=1e-12, atol=1e-12)
+        naive[l] = (P, N, s, mu)
 
     def naive_edit(h, name):
-        l = int(name.rsplit(".", 1)[1])
-        P, N, s = naive[l]
-        x = _naive_phi(h.numpy(), feature, s)
+        l = int(name.split(".")[-2 if site == "mlp" else -1])
+        P, N, s, mu = naive[l]
+        x = _naive_phi(h.numpy() - mu, feature, s)
         a, b = x @ P.T, x @ N.T
         if combine == "average":
             y = (a + b) / 2
         else:
             y = (a + b) * np.linalg.norm(x, axis=-1, keepdims=True) / np.linalg.norm(a + b, axis=-1, keepdims=True)
-        return torch.from_numpy(_naive_phi_inv(y, feature, s))
+        return torch.from_numpy(_naive_phi_inv(y, feature, s) + mu)
 
+    targets = layers if site == "residual" else [f"{hooks.layer_name(model, l)}.mlp" for l in layers]
     ids = torch.randint(3, 100, (3, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         with edit.apply(model):
             ours = model(ids).logits
-        with hooks.TraceDict(model, layers, retain_output=False, edit_output=naive_edit):
+        with hooks.TraceDict(model, targets, retain_output=False, edit_output=naive_edit):
             theirs = model(ids).logits
         stock = model(ids).logits
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
     assert not torch.allclose(ours, stock)
+
+
+def test_feature_maps_are_bijections_that_never_saturate():
+    """phi^-1(phi(x)) = x far beyond the fitted range (outlier dimensions at hundreds of scales), in float64:
+    the error is a few ulps of the largest value."""
+    x = torch.cat([torch.linspace(-500, 500, 20001, dtype=torch.float64), torch.tensor([0.0, 1e-6, -1e-6])])
+    s = torch.tensor(2.0, dtype=torch.float64)
+    for feature in sea.FEATURES:
+        y = sea.phi(x, feature, s)
+        assert torch.all(torch.diff(y[:20001]) > 0), feature          # strictly increasing: invertible
+        back = sea.phi_inverse(y, feature, s)
+        # near 0 the squared exponential's inverse is a square root: its error is sqrt(ulp) there
+        tol = 1e-11 * 500 + (1e-7 if feature == "squared_exponential" else 0)
+        assert float((back - x).abs().max()) < tol, feature
+
+
+@pytest.mark.parametrize("site", ["residual", "mlp"])
+@pytest.mark.parametrize("feature", ["tanh", "elu", "squared_exponential"])
+def test_phi_sea_identity_round_trip_is_float32_noise(feature, site):
+    """k+ = d, k- = 0: phi, the (identity) projections, the combine and phi^-1 all run, and the logits equal the
+    unedited model's within float32 rounding (float32 eps x the logits' size, with margin)."""
+    model = tiny_stock_model("llama")
+    H, Hp, Hn = _activations(model)
+    d = H.shape[-1]
+    ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        stock = model(ids).logits
+        # scales fitted on the states themselves, and 40x too small (every state far in the linear tails)
+        for combine, factor in [(c, f) for c in sea.COMBINES for f in (1.0, 1 / 40)]:
+            edit = sea.fit(H * factor, Hp, Hn, layers="all", k_pos=d, k_neg=0, feature=feature, combine=combine,
+                           site=site)
+            with edit.apply(model):
+                edited = model(ids).logits
+            tol = 64 * torch.finfo(torch.float32).eps * float(stock.abs().max())
+            assert float((edited - stock).abs().max()) <= tol
+    assert _no_hooks(model)
+
+
+def test_layer_heuristic_equals_the_sum_of_singular_values():
+    model = tiny_stock_model("llama")
+    _, Hp, Hn = _activations(model)
+    scores = sea.layer_heuristic(Hp, Hn)
+    n = Hp.shape[0]
+    for l, score in enumerate(scores):
+        x = np.concatenate([Hp[:, l].double().numpy(), Hn[:, l].double().numpy()])
+        y = np.concatenate([np.tile([0.0, 1.0], (n, 1)), np.tile([1.0, 0.0], (n, 1))])
+        assert score == pytest.approx(np.linalg.svd(x.T @ y / n, compute_uv=False).sum(), rel=1e-10)
+    top = sea.heuristic_layers(Hp, Hn)
+    assert len(top) == 2 and top == sorted(np.argsort(scores)[::-1][:2].tolist())
+    assert sea.fit(Hp, Hp, Hn, layers="heuristic").layers == top
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -152,7 +226,7 @@ def test_padded_batch_equals_one_at_a_time(family, site):
 def test_generate_with_the_edit_equals_a_manual_greedy_loop(family):
     model = tiny_stock_model(family)
     H, Hp, Hn = _activations(model)
-    edit = sea.fit(H, Hp, Hn, layers="all", energy_pos=0.9, energy_neg=0.9, feature="tanh")
+    edit = sea.fit(H, Hp, Hn, layers="all", k_pos=2, k_neg=2, feature="tanh", site="residual")   # a strong edit
     ids = torch.randint(3, 100, (1, 5), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         stock = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
@@ -169,12 +243,17 @@ def test_generate_with_the_edit_equals_a_manual_greedy_loop(family):
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    """Projections, per-dimension scales, means and every option survive save/load (float64 in the file)."""
     model = tiny_stock_model("llama")
     H, Hp, Hn = _activations(model)
     edit = sea.fit(H, Hp, Hn, layers="last-2", energy_pos=0.95, energy_neg=0.9, feature="squared_exponential",
-                   combine="l2_norm", site="mlp")
+                   combine="average", site="residual", center=True)
     loaded = sea.load(edit.save(tmp_path / "e.safetensors"))
-    assert (loaded.layers, loaded.feature, loaded.combine, loaded.site) == (edit.layers, edit.feature, "l2_norm", "mlp")
+    assert (loaded.layers, loaded.feature, loaded.combine, loaded.site) == (edit.layers, edit.feature, "average",
+                                                                            "residual")
+    assert loaded.settings["center"] is True and sorted(loaded.mean) == edit.layers
+    for l in edit.layers:
+        assert torch.equal(loaded.mean[l], edit.mean[l]) and torch.equal(loaded.scale[l], edit.scale[l])
     assert loaded.settings["ranks"] == {str(k): v for k, v in edit.settings["ranks"].items()}
     ids = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -263,3 +342,137 @@ def test_end_to_end_on_smollm2(tmp_path):
     assert (tmp_path / "tables" / "spectral_editing_truthfulqa.tex").exists()
     assert (tmp_path / "figures" / "spectral_editing_truthfulqa.png").stat().st_size > 0
     assert "### truthfulqa" in (tmp_path / "results" / "spectral_editing.md").read_text()
+
+
+# -- the script: the search reads dev items only; the cache is keyed on its inputs -------------------------
+def _run_script(monkeypatch, capsys, argv, load=None):
+    """spectral_editing.main in this process (``load`` replaces load_truthfulqa); its JSON and stdout."""
+    import json
+    import spectral_editing as se
+    if load is not None:
+        monkeypatch.setattr(se, "load_truthfulqa", load)
+    capsys.readouterr()
+    assert se.main(argv) == 0
+    out = capsys.readouterr().out
+    folder = Path(argv[argv.index("--out-dir") + 1])
+    return json.loads((folder / "results" / "spectral_editing_truthfulqa.json").read_text()), out
+
+
+def _tqa_argv(tiny, tmp, out="out", cache="cache", *extra):
+    return ["--task", "truthfulqa", "--quick", "--model", str(tiny), "--threads", "1", "--out-dir", str(tmp / out),
+            "--cache-dir", str(tmp / cache), *extra]
+
+
+def test_search_never_reads_test_items(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """Scramble the test questions' labels (true and false answers swapped): the dev search, its every row and
+    its pick stay the same, while the test rows change."""
+    import spectral_editing as se
+    monkeypatch.setattr(se, "SEARCH_RANKS", ("energy", 16))      # 8 settings instead of 24: the same code path
+    monkeypatch.setattr(se, "SEARCH_SITES", ("mlp",))
+    real = se.load_truthfulqa
+
+    def scrambled(n, seed):
+        items, prefix = real(n, seed)
+        _, test = se._split(len(items), se.QUICK["TQA_DEV"], seed)
+        for i in test:
+            it = items[i]
+            items[i] = dict(it, true=it["false"], false=it["true"], best=it["false"][0])
+        return items, prefix
+
+    honest, _ = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path, "a", "ca", "--search"))
+    other, _ = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path, "b", "cb", "--search"), scrambled)
+    assert honest["search"] == other["search"] and len(honest["search"]["rows"]) == 8
+    assert honest["setting"] == other["setting"]
+    assert honest["rows"]["no edit"]["MC2"] != other["rows"]["no edit"]["MC2"]
+
+
+def test_a_changed_input_is_recomputed_never_reported_stale(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """Rerun into the same cache and output with one question's text changed, then with one setting changed:
+    every row is recomputed, and equals a fresh run's."""
+    import spectral_editing as se
+    real = se.load_truthfulqa
+
+    def changed(n, seed):
+        items, prefix = real(n, seed)
+        items[0] = dict(items[0], question=items[0]["question"] + " Really?")
+        return items, prefix
+
+    def metrics(data):
+        return {n: {m: v for m, v in row.items() if m != "tok/s"} for n, row in data["rows"].items()}
+
+    first, _ = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path))
+    again, out = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path))
+    assert "demonstrations" not in out and "eval:" not in out          # the same inputs: all from the cache
+    rerun, out = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path), changed)
+    assert "demonstrations" in out and out.count("eval:") == 6
+    fresh, _ = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path, "fresh", "cfresh"), changed)
+    assert metrics(rerun) == metrics(fresh) and metrics(rerun) != metrics(first)
+    centered, out = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path, "out", "cache", "--center"),
+                                changed)
+    assert "demonstrations" not in out and out.count("eval:") == 6    # same demonstrations, new edits and rows
+    assert centered["settings"]["center"] is True
+
+
+def test_update_readme_pastes_the_tables_with_their_provenance(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    import spectral_editing as se
+    from cli import UserError
+    _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- sea-full:begin -->\nnot yet run\n<!-- sea-full:end -->\ntail\n")
+    se.update_readme(tmp_path / "out", readme)
+    text = readme.read_text()
+    assert "not yet run" not in text and text.endswith("<!-- sea-full:end -->\ntail\n")
+    assert "### truthfulqa" in text and "| no edit |" in text and "commit " in text and "--task truthfulqa" in text
+    readme.write_text("no markers")
+    with pytest.raises(UserError, match="no <!-- sea-full:begin -->"):
+        se.update_readme(tmp_path / "out", readme)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from model_loading import load_model, load_tokenizer
+    torch.manual_seed(0)
+    return load_model("smollm2-135m").eval(), load_tokenizer("smollm2-135m")
+
+
+@pytest.mark.slow
+def test_smollm2_defaults_keep_clean_perplexity(tmp_path):
+    """The default edit (l2_norm at the MLP output) fitted on 4 TruthfulQA questions keeps clean perplexity within
+    5 % of the unedited model's, its random control within 10 %, each Phi-SEA identity round trip within 1 %."""
+    import json
+    done = subprocess.run([sys.executable, str(ROOT / "spectral_editing.py"), "--task", "damage", "--quick",
+                           "--sample", "4", "--threads", "1", "--out-dir", str(tmp_path), "--cache-dir",
+                           str(tmp_path / "cache")], capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "results" / "spectral_editing_damage.json").read_text())["rows"]
+    ratio = {name: row["ratio to no edit"][0] for name, row in rows.items()}
+    assert abs(ratio["SEA (l2_norm, site mlp)"] - 1) <= 0.05
+    assert abs(ratio["random projection (same ranks)"] - 1) <= 0.10
+    trips = [name for name in ratio if name.startswith("Phi-SEA identity")]
+    assert len(trips) == 6 and all(abs(ratio[name] - 1) <= 0.01 for name in trips), ratio
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("site", ["mlp", "residual"])
+def test_smollm2_phi_sea_identity_round_trip_is_float32_noise(smollm2, site):
+    """k+ = d, k- = 0 with scales fitted on the model's own states: the logits differ from the unedited model's
+    by no more than a one-ulp float32 perturbation of the same states does (the round trip itself is float64)."""
+    from spectral_editing import last_states
+    model, tok = smollm2
+    texts = ["The capital of France is Paris.", "Water boils at 100 degrees Celsius at sea level.",
+             "A cat sat on the mat and looked at the dog.", "Photosynthesis turns light into chemical energy."]
+    H = last_states(model, tok, texts)
+    layers = list(range(10, hooks.num_layers(model)))
+    ids = tok(["The quick brown fox jumps over the lazy dog because"], return_tensors="pt")["input_ids"]
+    targets = layers if site == "residual" else [f"{hooks.layer_name(model, l)}.mlp" for l in layers]
+    with torch.no_grad():
+        stock = model(ids).logits
+        with hooks.TraceDict(model, targets, retain_output=False,
+                             edit_output=lambda h, name: torch.nextafter(h, torch.full_like(h, float("inf")))):
+            ulp = float((model(ids).logits - stock).abs().max())
+        for feature in ("tanh", "elu", "squared_exponential"):
+            edit = sea.fit(H, H, H, layers, k_pos=H.shape[-1], k_neg=0, feature=feature, site=site)
+            with edit.apply(model):
+                diff = float((model(ids).logits - stock).abs().max())
+            assert diff <= max(ulp, 1e-6), (feature, diff, ulp)
+    assert not any(m._forward_hooks for m in model.modules())
