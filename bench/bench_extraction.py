@@ -826,14 +826,8 @@ def markdown(res: dict) -> str:
 
 def update_readme(table: str, path: Path = README, gpu: bool = False) -> None:
     """Replace the text between the README's markers: <!-- bench:begin/end --> (CPU) or bench-gpu."""
-    tag = "bench-gpu" if gpu else "bench"
-    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-    text = path.read_text()
-    if begin not in text or end not in text:
-        raise UserError(f"{path} has no {begin} ... {end} section to update: put the two markers back, or run "
-                        "without --update-readme")
-    head, rest = text.split(begin, 1)
-    path.write_text(f"{head}{begin}\n{table}{end}{rest.split(end, 1)[1]}")
+    from analysis.report import paste_between_markers
+    paste_between_markers(path, "bench-gpu" if gpu else "bench", table)
 
 
 def build_parser() -> argparse.ArgumentParser:

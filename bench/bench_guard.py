@@ -169,13 +169,9 @@ def markdown(res: dict) -> str:
 
 
 def update_readme(table: str, path: Path = README) -> None:
-    begin, end = "<!-- bench-guard:begin -->", "<!-- bench-guard:end -->"
-    text = path.read_text()
-    if begin not in text or end not in text:
-        raise UserError(f"{path} has no {begin} ... {end} section to update: put the two markers back, or run "
-                        "without --update-readme")
-    head, rest = text.split(begin, 1)
-    path.write_text(f"{head}{begin}\n{table}{end}{rest.split(end, 1)[1]}")
+    """Replace the text between bench/README.md's <!-- bench-guard:begin/end --> markers."""
+    from analysis.report import paste_between_markers
+    paste_between_markers(path, "bench-guard", table)
 
 
 def build_parser() -> argparse.ArgumentParser:
