@@ -59,23 +59,9 @@ def _block_columns(block, features, layers):
 
 def toxic_clean_block(folder: Path):
     """The embedded toxic-vs-clean rows of the main job's feature files, or (None, reason)."""
-    from analysis.data import ROW_FILTERS, parse_spec
-    from same_genre import Block, concat
-    import pandas as pd
-    blocks = []
-    for label, specs in ((1, TOXIC), (0, CLEAN)):
-        for spec in specs:
-            name, row_filter = parse_spec(spec)
-            path = folder / f"{name}.parquet"
-            if not path.exists():
-                return None, f"no {path}: run the main job's features step first"
-            meta = pd.read_parquet(path, columns=["row_id"] + (["toxic"] if row_filter else []))
-            rows = np.arange(len(meta))
-            if row_filter and "toxic" in meta.columns:
-                order = np.argsort(meta["row_id"].to_numpy(), kind="stable")
-                rows = rows[meta["toxic"].to_numpy()[order] == ROW_FILTERS[row_filter]]
-            blocks.append(Block(path, rows, label))
-    return concat(blocks), ""
+    from analysis.blocks import feature_block
+    block, why = feature_block(folder, TOXIC, CLEAN)
+    return block, (f"{why}: run the main job's features step first" if why else "")
 
 
 def split(y, seed=SEED):
@@ -104,10 +90,10 @@ def baselines(train, test, s) -> dict:
     """Scores of the comparison detectors on the same split (continuous scores, never labels)."""
     from analysis.detectors import load_profanity_check
     from analysis.models import Settings, binary_metrics, fit_quiet, make_lr, positive_scores
-    from same_genre import _scorers, subset
+    from analysis.blocks import block_scorers, subset
     import same_genre
     cfg = {k: getattr(same_genre, k) for k in ("SEED", "FOLDS", "LR_CS", "INNER_FOLDS", "FPR_TARGET", "SETS")}
-    _, scorers = _scorers(cfg)
+    _, scorers = block_scorers(cfg)
     a, b = subset(s, train), subset(s, test)
     out = {}
     if a.has(("hidden",)):
@@ -319,7 +305,7 @@ def report(results: dict, out_dir: Path) -> str:
 
 def evaluate(args) -> int:
     from model_loading import model_slug
-    from same_genre import Block
+    from analysis.blocks import Block
     global COST_REPEATS
     if args.quick:
         COST_REPEATS = QUICK["COST_REPEATS"]
