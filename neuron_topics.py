@@ -32,7 +32,8 @@ import pandas as pd
 import torch
 
 import topics as tp
-from cli import ArgumentParser, UserError, output_lock, parse_layer_spec, positive_float, positive_int, run_main
+from cli import (ArgumentParser, UserError, non_negative_int, output_lock, parse_layer_spec, positive_float, positive_int,
+                 run_main)
 from hooks import StopForward, TraceDict, decoder_layers
 
 log = logging.getLogger("neuron_topics")
@@ -391,16 +392,6 @@ def workers_count(text: str) -> int:
     return n
 
 
-def non_negative(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
-    return n
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=MODEL)
@@ -415,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=positive_float, default=None, help=f"seconds per exact step ({TIME_LIMIT})")
     p.add_argument("--corpus", default=",".join(CORPUS), help="comma list: wiki_vital, boolq, nq_open, dataset names")
     p.add_argument("--min-freq", type=positive_int, default=MIN_FREQ, help="word floor (occurrences), and pair floor")
-    p.add_argument("--pair-floor", type=non_negative, default=None,
+    p.add_argument("--pair-floor", type=non_negative_int, default=None,
                    help="departure: pair window counts below this are zero (default: --min-freq, the authors'; 0: none)")
     p.add_argument("--no-smoothing", action="store_true",
                    help="departure: NPMI -1 for pairs that never co-occur (the authors add epsilon 1e-12)")

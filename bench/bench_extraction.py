@@ -824,6 +824,14 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(out_dir: Path, stem: str, res: dict, table: str) -> None:
+    """``stem``.json and ``stem``.md in ``out_dir``, each written to a side file and renamed (never half a file)."""
+    for name, text in ((stem + ".json", json.dumps(res, indent=1)), (stem + ".md", table)):
+        partial = out_dir / (name + ".partial")
+        partial.write_text(text)
+        os.replace(partial, out_dir / name)
+
+
 def update_readme(table: str, path: Path = README, gpu: bool = False) -> None:
     """Replace the text between the README's markers: <!-- bench:begin/end --> (CPU) or bench-gpu."""
     from analysis.report import paste_between_markers
@@ -880,10 +888,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="work-", dir=args.out_dir) as workdir:
             res = run(args, Path(workdir))
         table = markdown(res)
-        for name, text in (("latest.json", json.dumps(res, indent=1)), ("latest.md", table)):
-            partial = args.out_dir / (name + ".partial")
-            partial.write_text(text)
-            os.replace(partial, args.out_dir / name)
+        write_results(args.out_dir, "latest", res, table)
     print(table)
     print(f"wrote {args.out_dir / 'latest.json'} and latest.md; every target passed: {res['all_pass']}")
     if args.section:

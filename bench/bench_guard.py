@@ -34,7 +34,7 @@ for folder in (REPO, REPO / "bench"):
 
 import torch  # noqa: E402
 
-from bench_extraction import machine_info, make_prompts, make_tiny_model  # noqa: E402
+from bench_extraction import machine_info, make_prompts, make_tiny_model, write_results  # noqa: E402
 from cli import UserError, non_negative_int, output_lock, positive_int, run_main  # noqa: E402
 
 # -- settings (each one is a command-line flag too) ----------------------------------------------
@@ -203,10 +203,7 @@ def main(argv=None) -> int:
     with output_lock(args.out_dir / "guard_latest.json", "the guard benchmark's results"):
         res = run(args)
         table = markdown(res)
-        for name, text in (("guard_latest.json", json.dumps(res, indent=1)), ("guard_latest.md", table)):
-            partial = args.out_dir / (name + ".partial")
-            partial.write_text(text)
-            os.replace(partial, args.out_dir / name)
+        write_results(args.out_dir, "guard_latest", res, table)
     print(table)
     if args.update_readme:
         update_readme(table)
