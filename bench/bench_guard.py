@@ -19,7 +19,6 @@ Results: bench/results/guard_latest.json and guard_latest.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
