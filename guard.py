@@ -464,13 +464,8 @@ class AttachedGuard:
             state["repeat"] = repeat
             state["run"] = {"mask": mask, "groups": self.groups, "spline": {}, "extended": {}, "with_id": False,
                             "wanted": set(), "ids": {}}
-        recorder = self.recorder
-        recorder._active = state["run"]
-        try:
-            recorder._gate_statistics(h, name)  # the one implementation of the per-layer statistics
-        finally:
-            recorder._active = None
-        if recorder._gate_index[name] == self.deepest:
+        # the recorder's own per-layer statistics (one implementation), on the prefill generate runs
+        if self.recorder.record_gate(state["run"], h, name) == self.deepest:
             self._finish(state)
         return None
 

@@ -116,6 +116,16 @@ class SplineRecorder:
                 self._projections[index] = projection
         state["extended"][index] = extended_statistics(output, series, mask, groups, projection)
 
+    def record_gate(self, state: dict, output: torch.Tensor, name: str) -> int:
+        """The statistics of gate ``name``'s output into ``state`` (a dict shaped as :meth:`run`'s) for a
+        forward pass traced elsewhere, such as the prefill of ``generate``; returns the gate's layer."""
+        previous, self._active = self._active, state
+        try:
+            self._gate_statistics(output, name)
+        finally:
+            self._active = previous
+        return self._gate_index[name]
+
     def _pool_input(self, x: torch.Tensor, name: str) -> None:
         """Trace callback on the deepest gate: mean over real tokens of the MLP's (normed) input."""
         state = self._active
