@@ -126,7 +126,7 @@ def test_bad_input_is_refused_before_the_model_loads(monkeypatch):
     monkeypatch.setattr(model_loading, "load_model", no_model)
     monkeypatch.setattr(nt, "config_limits", lambda name: (30, 1536, 576))   # SmolLM2's shape, no files read
     for argv, message in [(["--mode", "hi-x"], "unknown mode hi-x"),
-                          (["--layers", "30"], r"\[30\] out of range: the model has 30 layers"),
+                          (["--layers", "30"], r"--layers 30 is out of range: the model has 30 layers"),
                           (["--layers", "3", "--neuron-ids", "1536"], "out of range for mode hi-c"),
                           (["--layers", "3", "--mode", "lo-i", "--neuron-ids", "576"], "576 residual dimensions"),
                           (["--workers", "0"], "at least one process"),
