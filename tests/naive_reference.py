@@ -16,24 +16,31 @@ def gate_modules(model):
     return found
 
 
-def gate_preactivations(model, token_ids: list[int], attn_implementation: str | None = None):
+def gate_preactivations(model, token_ids, attn_implementation: str | None = None, attention_mask=None):
     """Each layer's gate pre-activations h [T, D] (computed in the model's dtype, returned as float64) under
-    ``attn_implementation`` (None: the model's own), and the forward's output (eager: with attention maps)."""
+    ``attn_implementation`` (None: the model's own), and the forward's output (eager: with attention maps).
+    With ``attention_mask``, ``token_ids`` is a padded batch [B, W] and h is [B, W, D]; positions count real
+    tokens only, as the recorder passes them, so each row is the batched path's."""
     gates = gate_modules(model)
     captured = {}
-    handles = [g.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o[0].double().numpy()))
+    handles = [g.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o.double().cpu().numpy()))
                for k, g in enumerate(gates)]
     impl = model.config._attn_implementation
     model.config._attn_implementation = attn_implementation or impl
+    if attention_mask is None:
+        inputs = {"input_ids": torch.tensor([token_ids], device=model.device)}
+    else:
+        mask = attention_mask.to(model.device).long()
+        inputs = {"input_ids": token_ids.to(model.device), "attention_mask": mask,
+                  "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
     try:
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([token_ids], device=model.device),
-                        output_attentions=attn_implementation == "eager")
+            out = model(**inputs, output_attentions=attn_implementation == "eager")
     finally:
         model.config._attn_implementation = impl
         for h in handles:
             h.remove()
-    return [captured[k] for k in range(len(gates))], out
+    return [captured[k] if attention_mask is not None else captured[k][0] for k in range(len(gates))], out
 
 
 def naive_features(model, token_ids: list[int], internals: bool = False):

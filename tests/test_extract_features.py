@@ -48,13 +48,30 @@ def test_input_formats_and_passthrough(tmp_path, tiny_llama_dir, fmt):
 def test_features_match_the_model_and_batch_size_does_not_matter(tmp_path, tiny_llama_dir):
     a = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=1, name="a.parquet"))
     b = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=4, padding_side="left", name="b.parquet"))
-    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
-    np.testing.assert_array_equal(a[1], b[1])
     from model_loading import load_model, load_tokenizer
     model, tok = load_model(str(tiny_llama_dir), device="cpu"), load_tokenizer(str(tiny_llama_dir))
     ids = tok(PROMPTS[3], return_tensors="pt")["input_ids"]
     direct = model.spline_recorder.run(ids, torch.ones_like(ids))
-    np.testing.assert_allclose(a[0][3], direct["spline"][0].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(a[0][3], direct["spline"][0].numpy())  # one prompt, unpadded: the same path
+    # The batches of 4 are the longest-first order's: rebuilt here, they give b's rows bit for bit, and the
+    # pre-activations' difference from each prompt alone bounds what batching may change (tests/rounding.py).
+    from input_spool import pad_batch
+    from rounding import assert_features_match, batch_pairs
+    stock = saved_stock_model(tiny_llama_dir)
+    tokens = [tok(text)["input_ids"] for text in PROMPTS]
+    order = np.argsort([-len(t) for t in tokens], kind="stable")
+    for start in range(0, len(order), 4):
+        rows = order[start:start + 4]
+        input_ids, mask = pad_batch([tokens[r] for r in rows], tok.pad_token_id, "left")
+        np.testing.assert_array_equal(model.spline_recorder.run(input_ids, mask)["spline"].numpy(), b[0][rows])
+        for r, (_, inside, batch_h) in zip(rows, batch_pairs(stock, input_ids, mask)):
+            assert_features_match(b[0][r], b[1][r], a[0][r], a[1][r], inside, other_h=batch_h, float32_sides=2)
+
+
+def saved_stock_model(folder):
+    """The saved tiny model as its stock transformers class (the naive reference's model)."""
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(folder).eval()
 
 
 def test_empty_one_token_and_long_prompts(tmp_path, tiny_llama_dir, caplog):
@@ -103,7 +120,7 @@ def test_resume_after_interrupt_loses_and_duplicates_nothing(tmp_path, tiny_llam
         run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet", max_length=50)
     resumed = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet"))
     assert resumed[2]["row_id"].tolist() == list(range(len(PROMPTS)))
-    np.testing.assert_allclose(resumed[0], reference[0], atol=1e-6)
+    np.testing.assert_array_equal(resumed[0], reference[0])  # the same batches on the same path: bit-identical
     np.testing.assert_array_equal(resumed[1], reference[1])
     assert not (tmp_path / "r.parquet.parts").exists()
 
@@ -120,7 +137,7 @@ def test_layer_selection_and_sampling(tmp_path, tiny_llama_dir):
     part = run(tmp_path, model=tiny_llama_dir, layers="0-1", with_id=False, name="p.parquet")
     spline, ids, _ = load_features(part)
     assert ids is None and spline.shape[1] == 2
-    np.testing.assert_allclose(spline, full[0][:, :2], atol=1e-6)
+    np.testing.assert_array_equal(spline, full[0][:, :2])  # the same batches, stopped after layer 1
     assert read_feature_metadata(part)["feature_names"][-1] == "L1.dist_std"
     sampled = load_features(run(tmp_path, model=tiny_llama_dir, sample=4, seed=1, name="s.parquet"))[2]
     assert len(sampled) == 4 and sampled["text"].tolist() == [PROMPTS[i] for i in sampled["row_id"]]
@@ -138,7 +155,7 @@ def test_accelerate_launch_splits_rows_and_merges(tmp_path, tiny_llama_dir):
     texts = tmp_path / "in.txt"
     texts.write_text("\n".join(PROMPTS) + "\n")
     launcher = Path(sys.executable).with_name("accelerate")
-    env = dict(os.environ, PYTHONPATH=str(Path(ef.__file__).parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(ef.__file__).parent), OMP_NUM_THREADS="1")  # one thread a rank
     done = subprocess.run([str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
                            "--mixed_precision", "no", "--dynamo_backend", "no", ef.__file__, "--texts", str(texts),
                            "--model", str(tiny_llama_dir), "--out", str(tmp_path / "multi.parquet"), "--no-progress"],
@@ -147,8 +164,42 @@ def test_accelerate_launch_splits_rows_and_merges(tmp_path, tiny_llama_dir):
     multi = load_features(tmp_path / "multi.parquet")
     single = load_features(run(tmp_path, texts, model=tiny_llama_dir, name="single.parquet"))
     assert multi[2]["row_id"].tolist() == list(range(len(PROMPTS)))
-    np.testing.assert_allclose(multi[0], single[0], atol=1e-5)  # other thread counts sum in another order
-    np.testing.assert_array_equal(multi[1], single[1])
+    # Each rank ran its own rows (every other one) as one longest-first batch on one thread; the single
+    # process all of them in one batch on this process's threads. Rebuilt here, the ranks' batches give
+    # multi's rows bit for bit; the pre-activations' difference between the two batchings bounds the rest.
+    from input_spool import pad_batch
+    from model_loading import load_model, load_tokenizer
+    from naive_reference import gate_preactivations, naive_features
+    from rounding import assert_features_match
+    model, tok = load_model(str(tiny_llama_dir), device="cpu"), load_tokenizer(str(tiny_llama_dir))
+    stock = saved_stock_model(tiny_llama_dir)
+    tokens = [tok(text)["input_ids"] for text in PROMPTS]
+
+    def batch(rows):
+        rows = sorted(rows, key=lambda r: -len(tokens[r]))
+        return rows, pad_batch([tokens[r] for r in rows], tok.pad_token_id, ef.PADDING_SIDE)
+
+    def real(h, mask, i):
+        return [layer[i][mask[i].numpy()] for layer in h]
+
+    rows, (input_ids, mask) = batch(range(len(PROMPTS)))
+    single_h = {r: real(gate_preactivations(stock, input_ids, attention_mask=mask)[0], mask, i)
+                for i, r in enumerate(rows)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for rank in (0, 1):
+            rows, (input_ids, mask) = batch(range(rank, len(PROMPTS), 2))
+            got = model.spline_recorder.run(input_ids, mask)["spline"].numpy()
+            np.testing.assert_array_equal(got, multi[0][rows])
+            rank_h = gate_preactivations(stock, input_ids, attention_mask=mask)[0]
+            for i, r in enumerate(rows):
+                inside = naive_features(stock, tokens[r], internals=True)[2]
+                inside["h"] = single_h[r]
+                assert_features_match(multi[0][r], multi[1][r], single[0][r], single[1][r], inside,
+                                      other_h=real(rank_h, mask, i), float32_sides=2)
+    finally:
+        torch.set_num_threads(threads)
     assert not list(tmp_path.glob("multi.rank*"))
 
 
@@ -203,7 +254,7 @@ def test_resume_across_chunks(tmp_path, tiny_llama_dir, kill_extraction):
     resumed_path = run(tmp_path, CHUNKED, model=tiny_llama_dir, batch_size=2, chunk_size=3, name="r.parquet")
     resumed = load_features(resumed_path)
     assert resumed[2]["row_id"].tolist() == reference[2]["row_id"].tolist()
-    np.testing.assert_allclose(resumed[0], reference[0], atol=1e-6)
+    np.testing.assert_array_equal(resumed[0], reference[0])
     np.testing.assert_array_equal(resumed[1], reference[1])
     assert _file(resumed_path)[0].equals(_file(tmp_path / "ref.parquet")[0])
     assert not parts_dir.exists()
@@ -248,7 +299,7 @@ def test_files_and_parts_of_the_earlier_nullable_layout_still_load_and_resume(tm
         pq.write_table(nullable(pq.read_table(part)), part)
     kill_extraction.undo()
     resumed = load_features(run(tmp_path, model=tiny_llama_dir, batch_size=2, flush_every=4, name="r.parquet"))
-    np.testing.assert_allclose(resumed[0], reference[0], atol=1e-6)
+    np.testing.assert_array_equal(resumed[0], reference[0])  # the same batches on the same path: bit-identical
     np.testing.assert_array_equal(resumed[1], reference[1])
 
 

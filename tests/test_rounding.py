@@ -3,7 +3,8 @@ catch one unit more, on synthetic pre-activations."""
 import numpy as np
 import pytest
 
-from rounding import assert_features_match, keys_near_threshold, spline_tolerance, units_near_zero
+from rounding import (assert_features_match, extended_tolerance, keys_near_threshold, spline_tolerance,
+                      units_near_zero)
 
 
 def statistics(h, norms):
@@ -65,3 +66,23 @@ def test_ids_may_differ_by_the_keys_near_the_threshold():
     assert_features_match(spline, [3], spline, [2], inside, other_h=[np.vstack([h, h]) * (1 + 1e-6)])
     with pytest.raises(AssertionError, match="keys near the threshold"):
         assert_features_match(spline, [4], spline, [2], inside, other_h=[np.vstack([h, h]) * (1 + 1e-6)])
+
+
+def extended(h, norms, projection, last_k=4):
+    """The extended statistics of one layer in float64: quantiles, last-k means, region projection."""
+    frac, dist = (h > 0).mean(axis=1), (np.abs(h) / norms).min(axis=1)
+    quantiles = [np.quantile(x, q) for x in (frac, dist) for q in (0.1, 0.5, 0.9)]
+    regions = (h > 0).mean(axis=0) @ projection
+    return np.array(quantiles + [frac[-last_k:].mean(), dist[-last_k:].mean()] + list(regions))
+
+
+def test_extended_tolerance_lets_rounding_through_and_catches_one_unit_more(layer):
+    h, norms = layer
+    projection = np.random.default_rng(1).normal(size=(h.shape[1], 16)) / h.shape[1] ** 0.5
+    tolerance = extended_tolerance(h, norms, 1e-6, projection, 3, 4)
+    want = extended(h, norms, projection)
+    moved = h.copy()
+    moved[2, :3] *= -1                                     # within the bound of zero: rounding may flip them
+    assert (np.abs(extended(moved, norms, projection) - want) <= tolerance).all()
+    moved[2, 3] *= -1                                      # one unit far from zero: a real difference
+    assert not (np.abs(extended(moved, norms, projection) - want) <= tolerance).all()
