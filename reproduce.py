@@ -120,12 +120,12 @@ def main(argv=None) -> int:
     timings = {}
 
     if "data" not in skip:
-        t = step("1/9 datasets")
+        t = step("1/10 datasets")
         call(["data/prepare.py"])
         timings["data"] = time.perf_counter() - t
 
     if "features" not in skip:
-        t = step(f"2/9 features: {len(DATASETS)} datasets x {sample} texts, max {max_length} tokens")
+        t = step(f"2/10 features: {len(DATASETS)} datasets x {sample} texts, max {max_length} tokens")
         from extract_features import extract_features
         full = {name: extract_features(dataset=name, model=args.model, sample=sample, seed=SEED, max_length=max_length,
                                        batch_size=BATCH_SIZE, save_hidden=True, features_dir=features_dir,
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         timings["features"] = time.perf_counter() - t
 
     if "id" not in skip:
-        t = step("3/9 intrinsic-dimension experiment")
+        t = step("3/10 intrinsic-dimension experiment")
         # All four categories in one call: their prompts share length-sorted batches.
         call(["ID_estimation.py", "--category", "all", "--model", args.model] + quick)
         call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick)
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
 
     second = SECOND_MODEL != args.model and "qwen" not in skip
     if second:
-        t = step(f"4/9 second model {SECOND_MODEL}: conversion, features, ID experiment")
+        t = step(f"4/10 second model {SECOND_MODEL}: conversion, features, ID experiment")
         from extract_features import extract_features
         from model_loading import embedded_model_path
         second_sample = SECOND_QUICK["SAMPLE"] if args.quick else SECOND_SAMPLE
@@ -164,36 +164,36 @@ def main(argv=None) -> int:
         timings["qwen"] = time.perf_counter() - t
 
     if "same_genre" not in skip:
-        t = step("5/9 same-genre toxicity and richer spline features (same_genre.py)")
+        t = step("5/10 same-genre toxicity and richer spline features (same_genre.py)")
         # The paper's tasks are read from this run's features/<model>/ files (a note when they are missing).
         call(["same_genre.py", "--model", args.model, "--features-dir", features_dir] + quick)
         timings["same_genre"] = time.perf_counter() - t
 
     if "sea" not in skip:
-        t = step("6/9 spectral editing of activations (SEA): TruthfulQA, BBQ-lite, toxicity")
+        t = step("6/10 spectral editing of activations (SEA): TruthfulQA, BBQ-lite, toxicity")
         for task in ("truthfulqa", "bbq", "toxicity"):  # each writes its table; RESULTS.md gets one section
             call(["spectral_editing.py", "--task", task, "--model", args.model] + quick)
         timings["sea"] = time.perf_counter() - t
 
     if "selfie" not in skip:
-        t = step("7/9 SelfIE: identity recovery per layer, toxicity of the model's own descriptions (selfie.py)")
+        t = step("7/10 SelfIE: identity recovery per layer, toxicity of the model's own descriptions (selfie.py)")
         call(["selfie.py", "--evaluate", "--model", args.model] + quick)
         timings["selfie"] = time.perf_counter() - t
 
     if "topics" not in skip:
-        t = step("8/9 neuron topics: a sample of MLP units explained as word topics (neuron_topics.py)")
+        t = step("8/10 neuron topics: a sample of MLP units explained as word topics (neuron_topics.py)")
         call(["neuron_topics.py", "--model", args.model] + quick)
         timings["topics"] = time.perf_counter() - t
 
     if "guard" not in skip:
-        t = step("guard: the toxicity guard on the model's own forward pass, both models (guard.py evaluate)")
+        t = step("9/10 the toxicity guard on the model's own forward pass, both models (guard.py evaluate)")
         # Reads the feature files made above (nothing is extracted); times each way to guard on one small batch.
         models = args.model + (f",{SECOND_MODEL}" if second else "")
         call(["guard.py", "evaluate", "--features-dir", features_dir, "--models", models] + quick)
         timings["guard"] = time.perf_counter() - t
 
     if "analysis" not in skip:
-        t = step("9/9 statistic_analysis.py (RESULTS.md gathers every system's section)")
+        t = step("10/10 statistic_analysis.py (RESULTS.md gathers every system's section)")
         from model_loading import model_slug
         dirs = [f"{features_dir}/{model_slug(args.model)}"] + ([f"{features_dir}/{model_slug(SECOND_MODEL)}"]
                                                                if second else [])
