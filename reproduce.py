@@ -60,6 +60,10 @@ QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick f
 # gets a smaller sample per dataset (stated in RESULTS.md's setup lines) and a smaller ID experiment; its
 # share of the 30-minute budget is about 6 minutes (conversion, features, ID experiment). The early-exit
 # files are not extracted for it: its fast detector uses the first 3 layers sliced from the full run.
+# The ID experiment of the first model answers with 48 new tokens, not ID_estimation.py's 100 (the paper's
+# length): its IDs are read from the prompt, and the refusal matcher looks at an answer's first 200
+# characters (OPENING_CHARS), about 48 tokens.
+FIRST_ID = ["--max-new-tokens", "48"]
 SECOND_MODEL = "qwen2.5-coder-0.5b"
 SECOND_SAMPLE = 48       # texts per dataset (SmolLM2: SAMPLE = 250)
 SECOND_ID = ["--n-statements", "3", "--prepend-words", "0,100,400", "--max-new-tokens", "32"]
@@ -85,6 +89,40 @@ def call(args: list[str]) -> None:
     if done.returncode != 0:
         sys.exit(f"step failed: python {' '.join(args)} (exit {done.returncode}); fix it and rerun: "
                  "finished work is kept and reused.")
+
+
+def side_by_side(lanes: dict[str, tuple[str, list[list[str]]]]) -> dict[str, float]:
+    """Run independent steps at once, one lane each (a lane's commands one after another), and return each
+    lane's seconds. These steps spend most of their time in one thread (a small model, short batches,
+    token-by-token generation), so two lanes use the 2 cores that one leaves half idle. Each lane's
+    processes get one torch thread; their output goes to results/logs/<lane>.log and is printed whole when
+    the lane ends. A failed lane stops the job once the others have finished (their work is kept)."""
+    from concurrent.futures import ThreadPoolExecutor
+    logs = ROOT / "results" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+
+    def run_lane(name: str, title: str, commands: list[list[str]]):
+        began, failed = time.perf_counter(), None
+        with open(logs / f"{name}.log", "w") as log:
+            for args in commands:
+                log.write("$ " + " ".join(["python"] + args) + "\n")
+                log.flush()
+                done = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                if done.returncode != 0:
+                    failed = f"python {' '.join(args)} (exit {done.returncode})"
+                    break
+        print(f"\n=== {title} ===\n" + (logs / f"{name}.log").read_text(), end="", flush=True)
+        return time.perf_counter() - began, failed
+
+    with ThreadPoolExecutor(len(lanes)) as pool:
+        futures = {name: pool.submit(run_lane, name, title, commands) for name, (title, commands) in lanes.items()}
+        results = {name: future.result() for name, future in futures.items()}
+    failed = [f for _, f in results.values() if f]
+    if failed:
+        sys.exit(f"step failed: {failed[0]}; its output is in results/logs/; fix it and rerun: finished work is "
+                 "kept and reused.")
+    return {name: seconds for name, (seconds, _) in results.items()}
 
 
 def early_exit_latency(full: dict, model: str, max_length: int, n: int) -> None:
@@ -137,7 +175,7 @@ def main(argv=None) -> int:
     if "id" not in skip:
         t = step("3/10 intrinsic-dimension experiment")
         # All four categories in one call: their prompts share length-sorted batches.
-        call(["ID_estimation.py", "--category", "all", "--model", args.model] + quick)
+        call(["ID_estimation.py", "--category", "all", "--model", args.model] + (quick or FIRST_ID))
         call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick)
         timings["id"] = time.perf_counter() - t
 
@@ -169,21 +207,23 @@ def main(argv=None) -> int:
         call(["same_genre.py", "--model", args.model, "--features-dir", features_dir] + quick)
         timings["same_genre"] = time.perf_counter() - t
 
+    # SEA, then SelfIE and the topics, side by side (see side_by_side): they share no files.
+    lanes = {}
     if "sea" not in skip:
-        t = step("6/10 spectral editing of activations (SEA): TruthfulQA, BBQ-lite, toxicity")
-        for task in ("truthfulqa", "bbq", "toxicity"):  # each writes its table; RESULTS.md gets one section
-            call(["spectral_editing.py", "--task", task, "--model", args.model] + quick)
-        timings["sea"] = time.perf_counter() - t
-
+        lanes["sea"] = ("6/10 spectral editing of activations (SEA): TruthfulQA, BBQ-lite, toxicity",
+                        [["spectral_editing.py", "--task", task, "--model", args.model] + quick
+                         for task in ("truthfulqa", "bbq", "toxicity")])  # one table each; one RESULTS.md section
+    selfie_topics = []
     if "selfie" not in skip:
-        t = step("7/10 SelfIE: identity recovery per layer, toxicity of the model's own descriptions (selfie.py)")
-        call(["selfie.py", "--evaluate", "--model", args.model] + quick)
-        timings["selfie"] = time.perf_counter() - t
-
+        selfie_topics.append(["selfie.py", "--evaluate", "--model", args.model] + quick)
     if "topics" not in skip:
-        t = step("8/10 neuron topics: a sample of MLP units explained as word topics (neuron_topics.py)")
-        call(["neuron_topics.py", "--model", args.model] + quick)
-        timings["topics"] = time.perf_counter() - t
+        selfie_topics.append(["neuron_topics.py", "--model", args.model, "--workers", "1"] + quick)
+    if selfie_topics:
+        lanes["selfie+topics"] = ("7-8/10 SelfIE (identity recovery per layer, toxicity of the model's own "
+                                  "descriptions) and neuron topics (a sample of MLP units as word topics)", selfie_topics)
+    if lanes:
+        print(f"\n=== 6-8/10 {' | '.join(lanes)} side by side (output printed as each lane ends) ===", flush=True)
+        timings.update(side_by_side(lanes))
 
     if "guard" not in skip:
         t = step("9/10 the toxicity guard on the model's own forward pass, both models (guard.py evaluate)")
