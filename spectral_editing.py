@@ -915,24 +915,8 @@ def _model_fingerprint(model) -> str:
 def provenance(argv, cpu_s: float) -> dict:
     """Date, commit, machine and command of this run (the README's pasted tables name them)."""
     import datetime
-    import platform
-    import subprocess
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        commit += " (with uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from analysis.report import cpu_name, git_commit
+    commit, cpu = git_commit(), cpu_name()
     return dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit=commit,
                 machine=f"{cpu}, {torch.get_num_threads()} torch thread(s)",
                 command="python spectral_editing.py " + " ".join(argv), cpu_s=round(cpu_s, 1))

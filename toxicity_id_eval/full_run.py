@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import json
 import platform
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -127,22 +126,14 @@ def verdict(summary: dict) -> str:
 
 
 def _machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
     import os
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+    from analysis.report import cpu_name
+    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}"
 
 
 def _commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    from analysis.report import git_commit
+    return git_commit()
 
 
 def provenance(command: str) -> dict:
