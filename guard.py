@@ -48,7 +48,14 @@ GUARD_FEATURES = {"paper": ("paper",), "extended": ("regions",), "paper+extended
 FEATURES = "extended"     # the best mean transfer ROC-AUC of the three (RESULTS.md, guard section)
 LAYERS = "all"             # or the first k layers, e.g. "0-2" (early exit: the rest of the model never runs)
 TARGET_FPR = 0.01          # share of clean prompts flagged, calibrated on held-out clean texts
-CALIBRATION_SHARE = 0.3    # of the clean training rows, held out of the fit to set the threshold
+# The threshold is set on clean scores no fit has seen. "cross" (default): out-of-fold scores of every clean
+# training row, from CALIBRATION_FOLDS fits on the other folds, while the guard itself is fitted on all rows:
+# a 1 % quantile needs hundreds of clean rows, and a held-out share of a small set (the main job's second
+# model has ~170 clean training rows) leaves a few dozen, whose largest score lets through several times the
+# target. "holdout": a seeded CALIBRATION_SHARE of the clean rows is held out of the fit instead.
+CALIBRATION = "cross"
+CALIBRATION_FOLDS = 5
+CALIBRATION_SHARE = 0.3    # "holdout" only: of the clean training rows
 LR_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # as same_genre.py: C chosen per fit by an inner CV
 INNER_FOLDS = 3
 SAMPLE = 250               # texts per dataset for `fit` (seeded); the main job's sample
@@ -128,6 +135,8 @@ class SplineGuard:
     features: str = FEATURES
     layers: object = LAYERS        # a layer spec; a list of indices once fitted
     target_fpr: float = TARGET_FPR
+    calibration: str = CALIBRATION
+    calibration_folds: int = CALIBRATION_FOLDS
     calibration_share: float = CALIBRATION_SHARE
     lr_cs: tuple = LR_CS
     inner_folds: int = INNER_FOLDS
@@ -146,6 +155,8 @@ class SplineGuard:
             raise UserError(f"unknown guard feature set {self.features!r}: choose among {list(GUARD_FEATURES)}")
         if not 0.0 < self.target_fpr < 1.0:
             raise UserError(f"target FPR must be in (0, 1), got {self.target_fpr}")
+        if self.calibration not in ("cross", "holdout"):
+            raise UserError(f"unknown calibration {self.calibration!r}: choose 'cross' or 'holdout'")
 
     @property
     def groups(self) -> tuple:
@@ -159,38 +170,60 @@ class SplineGuard:
     def fit(self, X: np.ndarray, y: np.ndarray, *, texts=None, info: dict | None = None) -> "SplineGuard":
         """Fit on a feature matrix (columns as :func:`feature_columns`), labels 1 = toxic, 0 = clean.
 
-        A seeded CALIBRATION_SHARE of the clean rows is held out of the fit; the threshold is the score that
-        at most ``target_fpr`` of those held-out clean rows exceed."""
+        The threshold is the score that at most ``target_fpr`` of the calibration scores exceed: the
+        out-of-fold scores of every clean row ("cross") or the scores of a held-out share of them ("holdout");
+        see CALIBRATION."""
+        from sklearn.model_selection import StratifiedKFold
+
         from analysis.models import Settings, TunedLR, fit_quiet
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y).astype(int)
         if X.ndim != 2 or len(X) != len(y):
             raise ValueError(f"X must be [N, F] with one label per row, got {X.shape} and {len(y)} labels")
         clean = np.flatnonzero(y == 0)
-        n_cal = int(round(self.calibration_share * len(clean)))
-        if (y == 1).sum() < 2 or len(clean) - n_cal < 2 or n_cal < 1:
-            raise UserError(f"too few rows to fit and calibrate a guard: {(y == 1).sum()} toxic, {len(clean)} clean "
-                            "(need at least 2 toxic and 4 clean); give more texts (--sample)")
-        rng = np.random.default_rng(self.seed)
-        calib = np.sort(rng.choice(clean, size=n_cal, replace=False))
-        train = np.setdiff1d(np.arange(len(y)), calib)
         s = Settings(seed=self.seed, lr_cs=tuple(self.lr_cs), inner_folds=self.inner_folds, n_jobs=1)
-        model = fit_quiet(TunedLR(s), X[train], y[train]).model_
+        if self.calibration == "cross":
+            folds = min(self.calibration_folds, int((y == 1).sum()), len(clean))  # fewer when a class is small
+            if folds < 2:
+                raise UserError(f"too few rows to fit and calibrate a guard: {(y == 1).sum()} toxic, {len(clean)} clean "
+                                "(need at least 2 of each); give more texts (--sample)")
+            train = np.arange(len(y))
+            calib_scores = np.empty(0)
+            for fit_rows, held in StratifiedKFold(folds, shuffle=True, random_state=self.seed).split(X, y):
+                self._set_model(fit_quiet(TunedLR(s), X[fit_rows], y[fit_rows]).model_)
+                held_clean = held[y[held] == 0]
+                calib_scores = np.concatenate([calib_scores, self.predict_features(X[held_clean])])
+            n_cal = len(calib_scores)
+        else:
+            n_cal = int(round(self.calibration_share * len(clean)))
+            if (y == 1).sum() < 2 or len(clean) - n_cal < 2 or n_cal < 1:
+                raise UserError(f"too few rows to fit and calibrate a guard: {(y == 1).sum()} toxic, {len(clean)} clean "
+                                "(need at least 2 toxic and 4 clean); give more texts (--sample)")
+            rng = np.random.default_rng(self.seed)
+            calib = np.sort(rng.choice(clean, size=n_cal, replace=False))
+            train = np.setdiff1d(np.arange(len(y)), calib)
+        lr = self._set_model(fit_quiet(TunedLR(s), X[train], y[train]).model_)
+        if self.calibration == "holdout":
+            calib_scores = self.predict_features(X[calib])
+        self.threshold_ = calibrated_threshold(calib_scores, self.target_fpr)
+        self.info = {**(info or {}), "n_train": int(len(train)), "n_train_toxic": int((y[train] == 1).sum()),
+                     "calibration": self.calibration, "n_calibration_clean": int(n_cal),
+                     "C": float(np.ravel(lr.C_)[0]) if hasattr(lr, "C_") else float(lr.C),
+                     "calibration_fpr": float((calib_scores > self.threshold_).mean()),
+                     "library_versions": library_versions()}
+        if texts is not None:
+            self.info.setdefault("train_sha1", _sha1(texts))
+        return self
+
+    def _set_model(self, model):
+        """Take the scaler and LR of a fitted TunedLR pipeline as the guard's arrays; returns the LR."""
         scaler, lr = model.named_steps["scale"], model.named_steps["lr"]
         self.mean_ = scaler.mean_.astype(np.float64)
         self.scale_ = scaler.scale_.astype(np.float64)
         positive = 1.0 if list(lr.classes_) == [0, 1] else -1.0
         self.coef_ = positive * np.ravel(lr.coef_).astype(np.float64)
         self.intercept_ = float(positive * np.ravel(lr.intercept_)[0])
-        calib_scores = self.predict_features(X[calib])
-        self.threshold_ = calibrated_threshold(calib_scores, self.target_fpr)
-        self.info = {**(info or {}), "n_train": int(len(train)), "n_train_toxic": int((y[train] == 1).sum()),
-                     "n_calibration_clean": int(n_cal), "C": float(np.ravel(lr.C_)[0]) if hasattr(lr, "C_") else float(lr.C),
-                     "calibration_fpr": float((calib_scores > self.threshold_).mean()),
-                     "library_versions": library_versions()}
-        if texts is not None:
-            self.info.setdefault("train_sha1", _sha1(texts))
-        return self
+        return lr
 
     def fit_files(self, toxic: list, clean: list) -> "SplineGuard":
         """Fit from feature files of extract_features.py: ``toxic``/``clean`` are paths, or (path, row filter)
@@ -306,8 +339,11 @@ class SplineGuard:
                             "model with `guard.py fit --model ...`")
 
     def _layer_args(self):
+        """(layers, the recorder's extended groups, whether the paper's 7 are needed): a regions-only guard
+        skips the paper's statistics, the larger part of the recorder's work on each layer."""
         from feature_io import FEATURE_SETS
-        return list(self.layers), (FEATURE_SETS["extended"] if "regions" in self.groups else ())
+        return (list(self.layers), (FEATURE_SETS["extended"] if "regions" in self.groups else ()),
+                "paper" in self.groups)
 
     def features_of(self, model, tokenizer, texts, batch_size: int = BATCH_SIZE, padding_side: str = "right"):
         """(X [N, F], seconds per text [N]) of ``texts`` in one separate, batched and padded pass (early exit
@@ -322,7 +358,7 @@ class SplineGuard:
             raise UserError(f"{len(empty)} of the {len(texts)} texts are empty (first: row {empty[0]}): remove them")
         self.check_model(model)
         recorder = instrument(model).spline_recorder
-        layers, groups = self._layer_args()
+        layers, groups, paper = self._layer_args()
         ids = [tokenizer(t, truncation=True, max_length=self.max_length)["input_ids"] for t in texts]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -332,8 +368,8 @@ class SplineGuard:
             batch = order[start:start + batch_size]
             input_ids, mask = pad_batch([ids[i] for i in batch], pad_id, padding_side)
             began = time.perf_counter()
-            out = recorder.run(input_ids, mask, layers, with_id=False, groups=groups)
-            spline = out["spline"].float().cpu().numpy()
+            out = recorder.run(input_ids, mask, layers, with_id=False, groups=groups, paper=paper)
+            spline = out["spline"].float().cpu().numpy() if paper else None
             extended = out["extended"].float().cpu().numpy() if groups else None
             rows = feature_columns(spline, extended, self.groups)
             latency[batch] = (time.perf_counter() - began) / len(batch)
@@ -437,7 +473,7 @@ class AttachedGuard:
         guard.check_model(model)
         self.guard, self.model, self.on_flag = guard, model, on_flag
         self.recorder = instrument(model).spline_recorder
-        layers, self.groups = guard._layer_args()
+        layers, self.groups, self.paper = guard._layer_args()
         self.layers = layers
         self.deepest = layers[-1]
         self._state = None
@@ -463,7 +499,7 @@ class AttachedGuard:
                                    "chunked prefill or assisted generation is not supported")
             state["repeat"] = repeat
             state["run"] = {"mask": mask, "groups": self.groups, "spline": {}, "extended": {}, "with_id": False,
-                            "wanted": set(), "ids": {}}
+                            "wanted": set(), "ids": {}, "paper": self.paper}
         # the recorder's own per-layer statistics (one implementation), on the prefill generate runs
         if self.recorder.record_gate(state["run"], h, name) == self.deepest:
             self._finish(state)
@@ -472,7 +508,8 @@ class AttachedGuard:
     def _finish(self, state) -> None:
         import torch
         run, step = state["run"], state["repeat"]
-        spline = torch.stack([run["spline"][i] for i in self.layers], dim=1)[::step].float().cpu().numpy()
+        spline = (torch.stack([run["spline"][i] for i in self.layers], dim=1)[::step].float().cpu().numpy()
+                  if self.paper else None)
         extended = (torch.stack([run["extended"][i] for i in self.layers], dim=1)[::step].float().cpu().numpy()
                     if self.groups else None)
         self.scores = self.guard.predict_features(feature_columns(spline, extended, self.guard.groups))
@@ -543,7 +580,8 @@ def save(guard: SplineGuard, path) -> Path:
     arrays["intercept_"] = np.array([guard.intercept_], dtype=np.float64)
     arrays["threshold_"] = np.array([guard.threshold_], dtype=np.float64)
     meta = {"format": FORMAT, "features": guard.features, "groups": list(guard.groups), "layers": list(guard.layers),
-            "target_fpr": guard.target_fpr, "calibration_share": guard.calibration_share, "lr_cs": list(guard.lr_cs),
+            "target_fpr": guard.target_fpr, "calibration": guard.calibration,
+            "calibration_folds": guard.calibration_folds, "calibration_share": guard.calibration_share, "lr_cs": list(guard.lr_cs),
             "inner_folds": guard.inner_folds, "seed": guard.seed, "max_length": guard.max_length,
             "threshold": guard.threshold_, "info": guard.info}
     partial = path.with_name(path.name + ".partial")
@@ -569,6 +607,8 @@ def load(path) -> SplineGuard:
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} has guard format {meta.get('format')!r}; this code reads {FORMAT!r}: fit it again")
     guard = SplineGuard(features=meta["features"], layers=list(meta["layers"]), target_fpr=meta["target_fpr"],
+                        calibration=meta.get("calibration", "holdout"),  # files from before "cross" existed
+                        calibration_folds=meta.get("calibration_folds", CALIBRATION_FOLDS),
                         calibration_share=meta["calibration_share"], lr_cs=tuple(meta["lr_cs"]),
                         inner_folds=meta["inner_folds"], seed=meta["seed"], max_length=meta["max_length"])
     for name in ARRAYS:
@@ -596,7 +636,7 @@ def cmd_fit(args) -> int:
     from extract_features import extract_features
     from model_loading import load_model
     guard = SplineGuard(features=args.features, layers=args.layers, target_fpr=args.target_fpr, seed=args.seed,
-                        max_length=args.max_length)
+                        calibration=args.calibration, max_length=args.max_length)
     groups = "extended" if "regions" in guard.groups else "paper"  # extract_features' --features
     sides = {}
     for side, default_filter in (("toxic", "toxic"), ("clean", "clean")):
@@ -614,7 +654,8 @@ def cmd_fit(args) -> int:
         save(guard, args.out)
     print(f"{args.out}: {guard.features} features, layers {guard.layers[0]}-{guard.layers[-1]}, threshold "
           f"{guard.threshold_:.4f} (target FPR {guard.target_fpr:.2%}, calibration FPR "
-          f"{guard.info['calibration_fpr']:.2%} on {guard.info['n_calibration_clean']} held-out clean texts), C "
+          f"{guard.info['calibration_fpr']:.2%} on {guard.info['n_calibration_clean']} clean texts no fit saw, "
+          f"{guard.calibration} calibration), C "
           f"{guard.info['C']:g}")
     return 0
 
@@ -698,6 +739,8 @@ def build_parser() -> ArgumentParser:
     f.add_argument("--features", default=FEATURES, choices=list(GUARD_FEATURES))
     f.add_argument("--layers", default=LAYERS, type=layer_spec, help="'all' or the first k layers, e.g. 0-2")
     f.add_argument("--target-fpr", type=probability, default=TARGET_FPR)
+    f.add_argument("--calibration", default=CALIBRATION, choices=("cross", "holdout"),
+                   help="threshold from out-of-fold clean scores (cross, default) or a held-out share (holdout)")
     f.add_argument("--sample", type=positive_int, default=SAMPLE, help="texts per dataset (seeded)")
     f.add_argument("--max-length", type=positive_int, default=MAX_LENGTH)
     f.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)

@@ -22,8 +22,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 from hooks import StopForward, TraceDict, UnsupportedArchitecture  # noqa: F401 (re-exported)
 from feature_io import FEATURE_GROUPS
 from hooks import decoder_layers as _decoder_layers
-from spline_stats import (extended_statistics, last_token_attention_id, partition_statistics, region_projection,
-                          token_series)
+from spline_stats import (SERIES_GROUPS, extended_statistics, last_token_attention_id, partition_statistics,
+                          region_projection, token_series)
 
 # Name of the first MLP map in each family, most specific first. Its output is the
 # pre-activation h whose sign pattern is the spline's region (the gate for gated MLPs).
@@ -103,11 +103,16 @@ class SplineRecorder:
         index = self._gate_index[name]
         mask = state["mask"].to(output.device, non_blocking=True)
         groups = state["groups"]
+        paper = state.get("paper", True)
         if not groups:  # the paper's set: exactly the path it always had
             state["spline"][index] = partition_statistics(output, self._inv_norm(index), mask)
             return
-        series = token_series(output, self._inv_norm(index))  # shared by both sets: computed once
-        state["spline"][index] = partition_statistics(output, self._inv_norm(index), mask, series)
+        # The per-token series feed the paper's 7 and the token-series groups; a caller that wants the
+        # region projection alone (a regions-only guard) skips both of their passes over h.
+        series = (token_series(output, self._inv_norm(index))  # shared by both sets: computed once
+                  if paper or any(g in groups for g in SERIES_GROUPS) else None)
+        if paper:
+            state["spline"][index] = partition_statistics(output, self._inv_norm(index), mask, series)
         projection = None
         if "regions" in groups:
             projection = self._projections.get(index)
@@ -169,14 +174,17 @@ class SplineRecorder:
     # -- one batch -------------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers=None, with_id: bool = True,
-            pool_hidden: bool = False, groups=()) -> dict:
+            pool_hidden: bool = False, groups=(), paper: bool = True) -> dict:
         """Features of one padded batch (left or right padding).
 
         Returns ``{"spline": [B, L, 7] float32, "ids": [B, L] int32 or None, "hidden": [B, d] or None,
         "extended": [B, L, F] float32 or None}`` on the device of the first layer, for the requested
         ``layers`` (default all, in order); ``groups`` names the extended statistics to add (feature_io's
-        FEATURE_GROUPS, e.g. ``FEATURE_SETS["extended"]``; none by default).
+        FEATURE_GROUPS, e.g. ``FEATURE_SETS["extended"]``; none by default). ``paper=False`` (with some
+        ``groups``) skips the paper's 7 statistics: "spline" is then None.
         """
+        if not paper and not groups:
+            raise ValueError("paper=False needs some extended groups: otherwise nothing would be recorded")
         unknown = [g for g in groups if g not in FEATURE_GROUPS]
         if unknown:
             raise ValueError(f"unknown feature groups {unknown}: choose among {list(FEATURE_GROUPS)}")
@@ -192,7 +200,7 @@ class SplineRecorder:
         last_pos = n_tokens - 1 - mask.flip(1).int().argmax(dim=1)
         state = {"mask": mask, "last_pos": last_pos, "wanted": set(layers), "deepest": layers[-1],
                  "with_id": with_id, "pool_hidden": pool_hidden, "spline": {}, "ids": {}, "hidden": None,
-                 "allowed": {}, "groups": tuple(groups), "extended": {}}
+                 "allowed": {}, "groups": tuple(groups), "extended": {}, "paper": paper}
         # Positions count real tokens only, so a left-padded prompt sees the positions it has alone.
         position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
         self._active = state
@@ -204,7 +212,7 @@ class SplineRecorder:
                            use_cache=False)
         finally:
             self._active = None
-        missing = [i for i in layers if i not in state["spline"]]
+        missing = [i for i in layers if i not in (state["spline"] if paper else state["extended"])]
         if missing:
             raise RuntimeError(f"No statistics were recorded for layers {missing}: the forward pass did not reach "
                                "their MLPs.")
@@ -212,7 +220,7 @@ class SplineRecorder:
             raise UnsupportedArchitecture(
                 f"{type(self.model).__name__} does not route its attention through transformers' attention "
                 "interface, so the ID cannot be recorded for it: pass with_id=False (--no-id).")
-        spline = torch.stack([state["spline"][i].to(device) for i in layers], dim=1)
+        spline = torch.stack([state["spline"][i].to(device) for i in layers], dim=1) if paper else None
         ids = torch.stack([state["ids"][i].to(device) for i in layers], dim=1) if with_id else None
         extended = torch.stack([state["extended"][i].to(device) for i in layers], dim=1) if groups else None
         return {"spline": spline, "ids": ids, "hidden": state["hidden"], "extended": extended}

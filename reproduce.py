@@ -17,9 +17,12 @@ features made with other settings, after a constant was edited, are extracted ag
   6. spectral_editing.py --task truthfulqa|bbq|toxicity: SEA with its controls                 ("sea")
   7. selfie.py --evaluate: SelfIE's identity recovery and toxicity read-out                    ("selfie")
   8. neuron_topics.py: topics of a sample of MLP units, controls, link to the gate on-rates     ("topics")
-  -  guard.py evaluate: the toxicity guard (held-out, same-genre, transfer, cost per prompt)  ("guard")
-  9. statistic_analysis.py: every table and figure (both models side by side), results.json and RESULTS.md,
+  9. guard.py evaluate: the toxicity guard (held-out, same-genre, transfer, cost per prompt)   ("guard")
+ 10. statistic_analysis.py: every table and figure (both models side by side), results.json and RESULTS.md,
      which gathers the other systems' sections                                                 ("analysis")
+Steps that keep one core busy run side by side, one torch thread each (see side_by_side): the datasets
+beside the second model's conversion; the two models' ID experiments; SEA beside SelfIE, the topics and
+the guard. The timing line at the end gives each step's minutes and the cores it kept busy.
 Each system's sample sizes are constants at the top of its own script (sized for this job's budget).
 Settings are the constants below (edit and rerun, as in nanoGPT), or flags.
 """
@@ -30,6 +33,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,7 +70,9 @@ QUICK = dict(SAMPLE=60, MAX_LENGTH=96, FEATURES_DIR="features/quick")  # quick f
 FIRST_ID = ["--max-new-tokens", "48"]
 SECOND_MODEL = "qwen2.5-coder-0.5b"
 SECOND_SAMPLE = 48       # texts per dataset (SmolLM2: SAMPLE = 250)
-SECOND_ID = ["--n-statements", "3", "--prepend-words", "0,100,400", "--max-new-tokens", "32"]
+# Two prepend lengths, not three: a 400-word prompt is ~600 tokens, the costliest prefill of the job on the slower
+# CPU, and this small run cannot decide the refusal question anyway (ID_estimation.py --full does, on this model).
+SECOND_ID = ["--n-statements", "3", "--prepend-words", "0,200", "--max-new-tokens", "32"]
 SECOND_QUICK = dict(SAMPLE=16, ID=["--n-statements", "1", "--prepend-words", "0,200", "--max-new-tokens", "12"])
 # The fast detector (RF on the first 3 layers) reads those layers from the full files: early exit computes
 # the same layers of the same forward. Only its latency needs an early-exit run, timed on a seeded sample of
@@ -79,21 +85,60 @@ STEPS = ("data", "features", "id", "qwen", "same_genre", "sea", "selfie", "topic
 
 def step(title: str):
     print(f"\n=== {title} ===", flush=True)
-    return time.perf_counter()
+    return clock()
+
+
+CPU = {"children": 0.0}  # CPU seconds of the step scripts, summed by run_script (per step: see cpu_now)
+CPU_LOCK = threading.Lock()
+
+
+def run_script(args: list[str], **popen) -> tuple[int, float]:
+    """Run a project script with this interpreter; returns its exit code and CPU seconds (user + system, from
+    its own rusage, grandchildren included), which are also added to CPU, so that each step's line can say
+    how many cores it kept busy."""
+    child = subprocess.Popen([sys.executable] + args, cwd=ROOT, **popen)
+    try:
+        _, status, usage = os.wait4(child.pid, 0)
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    child.returncode = os.waitstatus_to_exitcode(status)
+    seconds = usage.ru_utime + usage.ru_stime
+    with CPU_LOCK:
+        CPU["children"] += seconds
+    return child.returncode, seconds
+
+
+def cpu_now() -> float:
+    """CPU seconds so far of this process and of the scripts it ran."""
+    import resource
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime + CPU["children"]
+
+
+def clock() -> tuple[float, float]:
+    """(wall, CPU) seconds now: a step's start, for :func:`since`."""
+    return time.perf_counter(), cpu_now()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    """(wall, CPU) seconds since ``start``."""
+    return time.perf_counter() - start[0], cpu_now() - start[1]
 
 
 def call(args: list[str]) -> None:
     """Run a project script with this interpreter; stop the job with its exit code if it fails."""
     print("$ " + " ".join(["python"] + args), flush=True)
-    done = subprocess.run([sys.executable] + args, cwd=ROOT)
-    if done.returncode != 0:
-        sys.exit(f"step failed: python {' '.join(args)} (exit {done.returncode}); fix it and rerun: "
+    code, _ = run_script(args)
+    if code != 0:
+        sys.exit(f"step failed: python {' '.join(args)} (exit {code}); fix it and rerun: "
                  "finished work is kept and reused.")
 
 
-def side_by_side(lanes: dict[str, tuple[str, list[list[str]]]]) -> dict[str, float]:
+def side_by_side(lanes: dict[str, tuple[str, list[list[str]]]]) -> dict[str, tuple[float, float]]:
     """Run independent steps at once, one lane each (a lane's commands one after another), and return each
-    lane's seconds. These steps spend most of their time in one thread (a small model, short batches,
+    lane's (wall, CPU) seconds. These steps spend most of their time in one thread (a small model, short batches,
     token-by-token generation), so two lanes use the 2 cores that one leaves half idle. Each lane's
     processes get one torch thread; their output goes to results/logs/<lane>.log and is printed whole when
     the lane ends. A failed lane stops the job once the others have finished (their work is kept)."""
@@ -103,17 +148,18 @@ def side_by_side(lanes: dict[str, tuple[str, list[list[str]]]]) -> dict[str, flo
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
 
     def run_lane(name: str, title: str, commands: list[list[str]]):
-        began, failed = time.perf_counter(), None
+        began, failed, cpu = time.perf_counter(), None, 0.0
         with open(logs / f"{name}.log", "w") as log:
             for args in commands:
                 log.write("$ " + " ".join(["python"] + args) + "\n")
                 log.flush()
-                done = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-                if done.returncode != 0:
-                    failed = f"python {' '.join(args)} (exit {done.returncode})"
+                code, seconds = run_script(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+                cpu += seconds
+                if code != 0:
+                    failed = f"python {' '.join(args)} (exit {code})"
                     break
         print(f"\n=== {title} ===\n" + (logs / f"{name}.log").read_text(), end="", flush=True)
-        return time.perf_counter() - began, failed
+        return (time.perf_counter() - began, cpu), failed
 
     with ThreadPoolExecutor(len(lanes)) as pool:
         futures = {name: pool.submit(run_lane, name, title, commands) for name, (title, commands) in lanes.items()}
@@ -122,7 +168,22 @@ def side_by_side(lanes: dict[str, tuple[str, list[list[str]]]]) -> dict[str, flo
     if failed:
         sys.exit(f"step failed: {failed[0]}; its output is in results/logs/; fix it and rerun: finished work is "
                  "kept and reused.")
-    return {name: seconds for name, (seconds, _) in results.items()}
+    return {name: seconds for name, (seconds, _) in results.items()}  # name: (wall, CPU)
+
+
+def run_stage(lanes: dict[str, tuple[str, list[list[str]]]]) -> dict[str, tuple[float, float]]:
+    """Run a stage's lanes: side by side when there are several, else the one lane's commands in this
+    terminal with every core (its output live); returns each lane's (wall, CPU) seconds."""
+    if len(lanes) > 1:
+        print(f"\n=== {' | '.join(lanes)} side by side (output printed as each lane ends) ===", flush=True)
+        return side_by_side(lanes)
+    out = {}
+    for name, (title, commands) in lanes.items():
+        t = step(title)
+        for args in commands:
+            call(args)
+        out[name] = since(t)
+    return out
 
 
 def early_exit_latency(full: dict, model: str, max_length: int, n: int) -> None:
@@ -154,13 +215,19 @@ def main(argv=None) -> int:
     if skip - set(STEPS):
         raise UserError(f"--skip: unknown step(s) {sorted(skip - set(STEPS))}; the steps are {','.join(STEPS)}")
     quick = ["--quick"] if args.quick else []
-    began = time.perf_counter()
+    began = clock()
     timings = {}
 
+    second = SECOND_MODEL != args.model and "qwen" not in skip
+    # The datasets and the second model's conversion share nothing and each keeps one core busy: side by side.
+    lanes = {}
     if "data" not in skip:
-        t = step("1/10 datasets")
-        call(["data/prepare.py"])
-        timings["data"] = time.perf_counter() - t
+        lanes["data"] = ("1/10 datasets (data/prepare.py)", [["data/prepare.py"]])
+    if second:  # assembled from its chunk packages and converted once (about 1 min), then cached
+        lanes["qwen conversion"] = (f"4/10, first part: {SECOND_MODEL} assembled and converted (cached after)",
+                                    [["-c", f"from model_loading import embedded_model_path; "
+                                            f"embedded_model_path({SECOND_MODEL!r})"]])
+    timings.update(run_stage(lanes))
 
     if "features" not in skip:
         t = step(f"2/10 features: {len(DATASETS)} datasets x {sample} texts, max {max_length} tokens")
@@ -170,67 +237,64 @@ def main(argv=None) -> int:
                                        replace_stale=True, features=FEATURE_SET)
                 for name in DATASETS}
         early_exit_latency(full, args.model, max_length, EARLY_QUICK if args.quick else EARLY_SAMPLE)
-        timings["features"] = time.perf_counter() - t
+        timings["features"] = since(t)
 
-    if "id" not in skip:
-        t = step("3/10 intrinsic-dimension experiment")
-        # All four categories in one call: their prompts share length-sorted batches.
-        call(["ID_estimation.py", "--category", "all", "--model", args.model] + (quick or FIRST_ID))
-        call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick)
-        timings["id"] = time.perf_counter() - t
-
-    second = SECOND_MODEL != args.model and "qwen" not in skip
     if second:
-        t = step(f"4/10 second model {SECOND_MODEL}: conversion, features, ID experiment")
+        t = step(f"4/10, second part: {SECOND_MODEL} features of {SECOND_QUICK['SAMPLE'] if args.quick else SECOND_SAMPLE} "
+                 "texts per dataset")
         from extract_features import extract_features
-        from model_loading import embedded_model_path
         second_sample = SECOND_QUICK["SAMPLE"] if args.quick else SECOND_SAMPLE
-        c = time.perf_counter()
-        embedded_model_path(SECOND_MODEL)  # assembled and converted once (about 1 min), then cached
-        timings["qwen conversion"] = time.perf_counter() - c
-        c = time.perf_counter()
         for name in DATASETS:
             extract_features(dataset=name, model=SECOND_MODEL, sample=second_sample, seed=SEED, max_length=max_length,
                              batch_size=BATCH_SIZE, save_hidden=True, features_dir=features_dir, replace_stale=True)
-        timings["qwen features"] = time.perf_counter() - c
-        c = time.perf_counter()
-        call(["ID_estimation.py", "--category", "all", "--model", SECOND_MODEL]
-             + (SECOND_QUICK["ID"] + quick if args.quick else SECOND_ID))
+        timings["qwen features"] = since(t)
+
+    # The two ID experiments generate token by token (one core each does as well as two): side by side.
+    lanes = {}
+    if "id" not in skip:
+        # All four categories in one call: their prompts share length-sorted batches.
+        lanes["id"] = ("3/10 intrinsic-dimension experiment",
+                       [["ID_estimation.py", "--category", "all", "--model", args.model] + (quick or FIRST_ID),
+                        ["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick])
+    if second:
+        lanes["qwen id"] = (f"4/10, last part: the ID experiment on {SECOND_MODEL}",
+                            [["ID_estimation.py", "--category", "all", "--model", SECOND_MODEL]
+                             + (SECOND_QUICK["ID"] + quick if args.quick else SECOND_ID)])
+    timings.update(run_stage(lanes))
+    if second:
+        t = step("4/10, the refusal section of both models")
         both = SECOND_MODEL if "id" in skip else f"{SECOND_MODEL},{args.model}"  # the refusal section, side by side
         call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", both] + quick)
-        timings["qwen id"] = time.perf_counter() - c
-        timings["qwen"] = time.perf_counter() - t
+        timings["qwen id plots"] = since(t)
 
     if "same_genre" not in skip:
         t = step("5/10 same-genre toxicity and richer spline features (same_genre.py)")
         # The paper's tasks are read from this run's features/<model>/ files (a note when they are missing).
         call(["same_genre.py", "--model", args.model, "--features-dir", features_dir] + quick)
-        timings["same_genre"] = time.perf_counter() - t
+        timings["same_genre"] = since(t)
 
-    # SEA, then SelfIE and the topics, side by side (see side_by_side): they share no files.
+    # SEA in one lane; SelfIE, the topics and the guard in the other (see side_by_side): they share no files.
     lanes = {}
     if "sea" not in skip:
         lanes["sea"] = ("6/10 spectral editing of activations (SEA): TruthfulQA, BBQ-lite, toxicity",
                         [["spectral_editing.py", "--task", task, "--model", args.model] + quick
                          for task in ("truthfulqa", "bbq", "toxicity")])  # one table each; one RESULTS.md section
-    selfie_topics = []
+    others = {}  # name: (title, command)
     if "selfie" not in skip:
-        selfie_topics.append(["selfie.py", "--evaluate", "--model", args.model] + quick)
+        others["selfie"] = ("7/10 SelfIE (identity recovery per layer, toxicity of the model's own descriptions)",
+                            ["selfie.py", "--evaluate", "--model", args.model] + quick)
     if "topics" not in skip:
-        selfie_topics.append(["neuron_topics.py", "--model", args.model, "--workers", "1"] + quick)
-    if selfie_topics:
-        lanes["selfie+topics"] = ("7-8/10 SelfIE (identity recovery per layer, toxicity of the model's own "
-                                  "descriptions) and neuron topics (a sample of MLP units as word topics)", selfie_topics)
-    if lanes:
-        print(f"\n=== 6-8/10 {' | '.join(lanes)} side by side (output printed as each lane ends) ===", flush=True)
-        timings.update(side_by_side(lanes))
-
+        others["topics"] = ("8/10 neuron topics (a sample of MLP units as word topics)",
+                            ["neuron_topics.py", "--model", args.model, "--workers", "1"] + quick)
     if "guard" not in skip:
-        t = step("9/10 the toxicity guard on the model's own forward pass, both models (guard.py evaluate)")
-        # Reads the feature files made above (nothing is extracted); times each way to guard on one small batch.
+        # Reads the feature files made above (nothing is extracted); times each way to guard on one small batch
+        # in CPU time, which the other lane's load does not stretch.
         models = args.model + (f",{SECOND_MODEL}" if second else "")
-        call(["guard.py", "evaluate", "--features-dir", features_dir, "--models", models] + quick)
-        timings["guard"] = time.perf_counter() - t
+        others["guard"] = ("9/10 the toxicity guard on the model's own forward pass, both models (guard.py evaluate)",
+                           ["guard.py", "evaluate", "--features-dir", features_dir, "--models", models] + quick)
+    if others:
+        lanes["+".join(others)] = ("; ".join(t for t, _ in others.values()), [c for _, c in others.values()])
+    timings.update(run_stage(lanes))
 
     if "analysis" not in skip:
         t = step("10/10 statistic_analysis.py (RESULTS.md gathers every system's section)")
@@ -238,10 +302,13 @@ def main(argv=None) -> int:
         dirs = [f"{features_dir}/{model_slug(args.model)}"] + ([f"{features_dir}/{model_slug(SECOND_MODEL)}"]
                                                                if second else [])
         call(["statistic_analysis.py"] + [a for d in dirs for a in ("--features-dir", d)] + quick)
-        timings["analysis"] = time.perf_counter() - t
+        timings["analysis"] = since(t)
 
-    total = time.perf_counter() - began
-    print("\n" + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + f"; total {total / 60:.1f} min")
+    total, total_cpu = since(began)
+    # "cores": CPU seconds over wall seconds, how much of the machine a step kept busy (2 = both of 2 cores)
+    print("\n" + ", ".join(f"{k} {wall / 60:.1f} min ({cpu / max(wall, 1e-9):.1f} cores)"
+                           for k, (wall, cpu) in timings.items())
+          + f"; total {total / 60:.1f} min ({total_cpu / 60:.1f} CPU min)")
     print(f"Done. Results: {ROOT / 'RESULTS.md'} (tables/, figures/, results.json beside it)")
     return 0
 

@@ -130,14 +130,17 @@ def region_projection(d_units: int, layer: int, dims: int = REGION_DIMS, seed: i
     return torch.randn(d_units, dims, generator=generator, dtype=torch.float32) / d_units ** 0.5
 
 
-def extended_statistics(h: torch.Tensor, series: tuple, mask: torch.Tensor, groups, projection=None) -> torch.Tensor:
+SERIES_GROUPS = ("quantiles", "last")  # the groups read from token_series; "regions" reads h itself
+
+
+def extended_statistics(h: torch.Tensor, series: tuple | None, mask: torch.Tensor, groups, projection=None) -> torch.Tensor:
     """The extended statistics of one layer for a batch: the ``groups`` of FEATURE_GROUPS, in its order.
 
-    h [B, T, D] gate pre-activations; series (frac, dist) from :func:`token_series`; mask [B, T];
-    projection [D, REGION_DIMS] (see :func:`region_projection`) when "regions" is asked for.
-    returns [B, F] float32.
+    h [B, T, D] gate pre-activations; series (frac, dist) from :func:`token_series` (may be None when no
+    group of SERIES_GROUPS is asked for); mask [B, T]; projection [D, REGION_DIMS] (see
+    :func:`region_projection`) when "regions" is asked for. returns [B, F] float32.
     """
-    x = torch.stack(series, dim=-1)                                   # [B, T, 2]
+    x = torch.stack(series, dim=-1) if series is not None else None  # [B, T, 2]
     parts = []
     for group in FEATURE_GROUPS:
         if group not in groups:

@@ -81,7 +81,38 @@ def test_the_threshold_keeps_the_calibration_fpr_at_most_the_target():
     assert (scores > G.calibrated_threshold(scores[:50], 0.01)).sum() == 151  # 50 rows: none may be above
 
 
-@pytest.mark.parametrize("features,layers", [("paper", "all"), ("paper+extended", "all"), ("paper", "0-1")])
+def test_cross_calibration_scores_every_clean_row_out_of_fold_and_holdout_remains_an_option():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(40, int), np.zeros(200, int)]
+    X = rng.normal(size=(240, 5)) + y[:, None] * 1.5
+    cross = G.SplineGuard().fit(X, y)
+    assert cross.info["calibration"] == "cross" and cross.info["n_calibration_clean"] == 200
+    assert cross.info["n_train"] == 240 and cross.info["calibration_fpr"] <= 0.01
+    holdout = G.SplineGuard(calibration="holdout").fit(X, y)
+    assert holdout.info["n_calibration_clean"] == 60 and holdout.info["n_train"] == 180
+    # the held-out share's largest score is the threshold (0 of 60 may lie above it): a stricter cut than
+    # the 2-of-200 out-of-fold one on the same scores' scale
+    assert holdout.info["calibration_fpr"] == 0.0
+    with pytest.raises(UserError, match="unknown calibration"):
+        G.SplineGuard(calibration="split")
+
+
+def test_a_regions_only_pass_records_the_same_region_projection_without_the_papers_statistics():
+    from feature_io import FEATURE_SETS
+    model = instrument(tiny_stock_model("llama", seed=2))
+    tok = tiny_tokenizer()
+    from input_spool import pad_batch
+    ids = [tok(t)["input_ids"] for t in random_prompts(5, seed=4, lo=1, hi=9)]
+    input_ids, mask = pad_batch(ids, tok.pad_token_id or 0, "left")
+    both = model.spline_recorder.run(input_ids, mask, with_id=False, groups=FEATURE_SETS["extended"])
+    alone = model.spline_recorder.run(input_ids, mask, with_id=False, groups=FEATURE_SETS["extended"], paper=False)
+    assert alone["spline"] is None and torch.equal(alone["extended"], both["extended"])
+    with pytest.raises(ValueError, match="paper=False needs some extended groups"):
+        model.spline_recorder.run(input_ids, mask, with_id=False, paper=False)
+
+
+@pytest.mark.parametrize("features,layers", [("paper", "all"), ("extended", "all"), ("paper+extended", "all"),
+                                             ("paper", "0-1")])
 def test_in_pass_scores_equal_a_separate_pass_left_padded_batch(features, layers):
     guard, model, tok = _fitted(features, layers)
     prompts = random_prompts(6, seed=3, lo=1, hi=10)
