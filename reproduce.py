@@ -245,8 +245,10 @@ def main(argv=None) -> int:
         from extract_features import extract_features
         second_sample = SECOND_QUICK["SAMPLE"] if args.quick else SECOND_SAMPLE
         for name in DATASETS:
+            # the richer groups too, so that the guard's default feature set is scored on this model as well
             extract_features(dataset=name, model=SECOND_MODEL, sample=second_sample, seed=SEED, max_length=max_length,
-                             batch_size=BATCH_SIZE, save_hidden=True, features_dir=features_dir, replace_stale=True)
+                             batch_size=BATCH_SIZE, save_hidden=True, features_dir=features_dir, replace_stale=True,
+                             features=FEATURE_SET)
         timings["qwen features"] = since(t)
 
     # The two ID experiments generate token by token (one core each does as well as two): side by side.
