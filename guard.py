@@ -45,7 +45,9 @@ CLEAN = ["pubmed", "legal", "comments", "questions", "code"]   # clean rows of t
 # layer, feature_io.FEATURE_SETS["extended"]); both together. The default was chosen by transfer (fit on
 # one labelled source, score another), see the "guard" section of RESULTS.md, not by one corpus's CV.
 GUARD_FEATURES = {"paper": ("paper",), "extended": ("regions",), "paper+extended": ("paper", "regions")}
-FEATURES = "extended"     # the best mean transfer ROC-AUC of the three (RESULTS.md, guard section)
+# The best mean transfer ROC-AUC of the three in the main job's guard section (RESULTS.md), ahead or level on
+# each of its three pairs; "extended" alone is close behind and cheaper in the prefill (it skips the paper's 7).
+FEATURES = "paper+extended"
 LAYERS = "all"             # or the first k layers, e.g. "0-2" (early exit: the rest of the model never runs)
 TARGET_FPR = 0.01          # share of clean prompts flagged, calibrated on held-out clean texts
 # The threshold is set on clean scores no fit has seen. "cross" (default): out-of-fold scores of every clean
@@ -466,7 +468,6 @@ class AttachedGuard:
     stopping criterion (their one token is blanked out by SplineGuard.generate)."""
 
     def __init__(self, guard: SplineGuard, model, on_flag: str = "continue"):
-        from hooks import TraceDict
         from instrument import instrument
         if on_flag not in ("continue", "stop"):
             raise UserError(f"on_flag must be 'continue' or 'stop', got {on_flag!r}")
@@ -478,11 +479,23 @@ class AttachedGuard:
         self.deepest = layers[-1]
         self._state = None
         self.scores = self.flagged = None
-        self._traces = TraceDict(model, [self.recorder.gates[i] for i in layers], retain_output=False,
-                                 edit_output=self._on_gate)
+        self._traces = None
+        self._open()
+
+    def _open(self) -> None:
+        from hooks import TraceDict
+        if self._traces is None:
+            self._traces = TraceDict(self.model, [self.recorder.gates[i] for i in self.layers], retain_output=False,
+                                     edit_output=self._on_gate)
+
+    def _remove(self) -> None:
+        if self._traces is not None:
+            self._traces.close()
+            self._traces = None
 
     def arm(self, attention_mask, n_prompts: int) -> None:
         """Score the next forward pass: its rows are the ``n_prompts`` prompts, each repeated (beams, samples)."""
+        self._open()
         self._state = {"mask": attention_mask.bool(), "n": n_prompts, "run": None}
         self.scores = self.flagged = None
 
@@ -515,6 +528,9 @@ class AttachedGuard:
         self.scores = self.guard.predict_features(feature_columns(spline, extended, self.guard.groups))
         self.flagged = self.guard.flag(self.scores)
         self._state = None  # the decoding steps are not scored
+        # ... nor hooked: a module with hooks takes torch's slower call path, about 1 % of a 16-token
+        # generate on SmolLM2 for 30 no-op hooks. The next arm() registers them again.
+        self._remove()
         if self.on_flag == "stop":
             self._stop_rows = torch.as_tensor(np.repeat(self.flagged, step))
             if self.flagged.all():
@@ -555,7 +571,7 @@ class AttachedGuard:
         return out
 
     def close(self) -> None:
-        self._traces.close()
+        self._remove()
 
     def __enter__(self):
         return self

@@ -23,7 +23,7 @@ from hooks import StopForward, TraceDict, UnsupportedArchitecture  # noqa: F401 
 from feature_io import FEATURE_GROUPS
 from hooks import decoder_layers as _decoder_layers
 from spline_stats import (SERIES_GROUPS, extended_statistics, last_token_attention_id, partition_statistics,
-                          region_projection, token_series)
+                          positive_indicator, region_projection, token_series)
 
 # Name of the first MLP map in each family, most specific first. Its output is the
 # pre-activation h whose sign pattern is the spline's region (the gate for gated MLPs).
@@ -109,7 +109,8 @@ class SplineRecorder:
             return
         # The per-token series feed the paper's 7 and the token-series groups; a caller that wants the
         # region projection alone (a regions-only guard) skips both of their passes over h.
-        series = (token_series(output, self._inv_norm(index))  # shared by both sets: computed once
+        positive = positive_indicator(output)  # h > 0 once, for frac and the region counts alike
+        series = (token_series(output, self._inv_norm(index), positive)  # shared by both sets: computed once
                   if paper or any(g in groups for g in SERIES_GROUPS) else None)
         if paper:
             state["spline"][index] = partition_statistics(output, self._inv_norm(index), mask, series)
@@ -119,7 +120,7 @@ class SplineRecorder:
             if projection is None or projection.device != output.device:
                 projection = region_projection(output.shape[-1], index).to(output.device)
                 self._projections[index] = projection
-        state["extended"][index] = extended_statistics(output, series, mask, groups, projection)
+        state["extended"][index] = extended_statistics(output, series, mask, groups, projection, positive)
 
     def record_gate(self, state: dict, output: torch.Tensor, name: str) -> int:
         """The statistics of gate ``name``'s output into ``state`` (a dict shaped as :meth:`run`'s) for a

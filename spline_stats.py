@@ -10,13 +10,32 @@ from feature_io import FEATURE_GROUPS, FEATURE_STATS, LAST_TOKENS, QUANTILES, RE
 ID_THRESHOLD = 0.1  # a key counts for the ID when its weight exceeds 0.1 x the head's largest weight
 
 
-def token_series(h: torch.Tensor, inv_row_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def positive_indicator(h: torch.Tensor) -> torch.Tensor | None:
+    """1.0 where h > 0 else 0.0 as float32 [B, T, D], for a float32 ``h``; None for other dtypes.
+
+    One fused kernel (``torch.gt`` writing float32): on a CPU it is about 4x faster than ``(h > 0).float()``
+    and 2x faster than the boolean ``h > 0`` alone, and sums of it are exact counts (integers below 2^24).
+    Half-precision ``h`` keeps the boolean path (callers get None): a float32 copy would be twice h's size."""
+    if h.dtype != torch.float32:
+        return None
+    return torch.gt(h, 0, out=torch.empty(h.shape, dtype=torch.float32, device=h.device))
+
+
+def token_series(h: torch.Tensor, inv_row_norm: torch.Tensor, positive: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per token: the share of units on the positive side of their hyperplane (frac, [B, T] float32)
-    and the distance |h_d| / ||w_d|| to the closest hyperplane (dist, [B, T] float32)."""
-    # One [B, T, D] temporary each (the scaled copy is made absolute in place, the count sums booleans
-    # as int32): these passes cost about as much as the gate's matmul, so every full-size copy avoided
-    # shows in the throughput.
-    frac = (h > 0).sum(dim=-1, dtype=torch.int32).float() / h.shape[-1]
+    and the distance |h_d| / ||w_d|| to the closest hyperplane (dist, [B, T] float32).
+
+    ``positive``: :func:`positive_indicator` of h when the caller has it (shared with the region counts)."""
+    # One [B, T, D] temporary each (the scaled copy is made absolute in place, the count sums the indicator
+    # or booleans as int32): these passes cost about as much as the gate's matmul, so every full-size copy
+    # avoided shows in the throughput. Both counts are exact, so both paths give the same frac.
+    if positive is None:
+        positive = positive_indicator(h)
+    if positive is not None:
+        frac = positive.sum(dim=-1) / h.shape[-1]
+    else:
+        frac = (h > 0).sum(dim=-1, dtype=torch.int32).float() / h.shape[-1]
     dist = (h * inv_row_norm.to(h.dtype)).abs_().amin(dim=-1).float()
     return frac, dist
 
@@ -78,16 +97,21 @@ def last_token_attention_id(query: torch.Tensor, key: torch.Tensor, scaling: flo
     return (weights > ID_THRESHOLD * peak).sum(dim=(1, 2), dtype=torch.int32)
 
 
-def unit_activation_frequency(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def unit_activation_frequency(h: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor | None = None) -> torch.Tensor:
     """How often each unit is on the positive side of its hyperplane, over each prompt's real tokens.
 
     h     [B, T, D] gate pre-activations;  mask [B, T] True on real tokens
+    positive  :func:`positive_indicator` of h when the caller has it
     returns [B, D] float32 in [0, 1]: the share of the prompt's tokens with h[t, d] > 0 (the per-unit
     view of the region the prompt's tokens fall in; its mean over d is the 'frac' statistic's mean).
     """
     mask = mask.to(h.device)
-    positive = (h > 0) & mask[..., None]
-    return positive.sum(dim=1, dtype=torch.int32).float() / mask.sum(dim=1, dtype=torch.float32)[:, None]
+    n = mask.sum(dim=1, dtype=torch.float32)[:, None]
+    if positive is None:
+        positive = positive_indicator(h)
+    if positive is not None:  # the masked count as one batched product: sums of 0/1, exact
+        return torch.bmm(mask.to(torch.float32)[:, None, :], positive).squeeze(1) / n
+    return ((h > 0) & mask[..., None]).sum(dim=1, dtype=torch.int32).float() / n
 
 
 # -- richer statistics of the same partition (names and sizes in feature_io.FEATURE_GROUPS) -------------
@@ -133,12 +157,14 @@ def region_projection(d_units: int, layer: int, dims: int = REGION_DIMS, seed: i
 SERIES_GROUPS = ("quantiles", "last")  # the groups read from token_series; "regions" reads h itself
 
 
-def extended_statistics(h: torch.Tensor, series: tuple | None, mask: torch.Tensor, groups, projection=None) -> torch.Tensor:
+def extended_statistics(h: torch.Tensor, series: tuple | None, mask: torch.Tensor, groups, projection=None,
+                        positive: torch.Tensor | None = None) -> torch.Tensor:
     """The extended statistics of one layer for a batch: the ``groups`` of FEATURE_GROUPS, in its order.
 
     h [B, T, D] gate pre-activations; series (frac, dist) from :func:`token_series` (may be None when no
     group of SERIES_GROUPS is asked for); mask [B, T]; projection [D, REGION_DIMS] (see
-    :func:`region_projection`) when "regions" is asked for. returns [B, F] float32.
+    :func:`region_projection`) when "regions" is asked for; positive: :func:`positive_indicator` of h when
+    the caller has it. returns [B, F] float32.
     """
     x = torch.stack(series, dim=-1) if series is not None else None  # [B, T, 2]
     parts = []
@@ -150,5 +176,5 @@ def extended_statistics(h: torch.Tensor, series: tuple | None, mask: torch.Tenso
         elif group == "last":
             parts.append(last_tokens_mean(x, mask))
         elif group == "regions":
-            parts.append(unit_activation_frequency(h, mask) @ projection.to(h.device))
+            parts.append(unit_activation_frequency(h, mask, positive) @ projection.to(h.device))
     return torch.cat(parts, dim=1)

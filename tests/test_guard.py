@@ -111,6 +111,24 @@ def test_a_regions_only_pass_records_the_same_region_projection_without_the_pape
         model.spline_recorder.run(input_ids, mask, with_id=False, paper=False)
 
 
+def test_an_attached_guard_unhooks_the_decoding_steps_and_scores_every_call():
+    from hooks import resolve
+    guard, model, tok = _fitted("paper+extended")
+    gates = [resolve(model, model.spline_recorder.gates[i])[1] for i in guard.layers]
+    first, second = random_prompts(3, seed=5, lo=2, hi=8), random_prompts(4, seed=6, lo=2, hi=8)
+    seen = []
+    with guard.attach(model) as attached:
+        assert all(len(g._forward_hooks) == 1 for g in gates)
+        for prompts in (first, second):
+            tok.padding_side = "left"
+            enc = tok(prompts, return_tensors="pt", padding=True)
+            attached.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+            assert all(len(g._forward_hooks) == 0 for g in gates)  # removed after the prefill was scored
+            seen.append(attached.scores)
+    assert all(len(g._forward_hooks) == 0 for g in gates)
+    assert _close(seen[0], guard.score(model, tok, first)) and _close(seen[1], guard.score(model, tok, second))
+
+
 @pytest.mark.parametrize("features,layers", [("paper", "all"), ("extended", "all"), ("paper+extended", "all"),
                                              ("paper", "0-1")])
 def test_in_pass_scores_equal_a_separate_pass_left_padded_batch(features, layers):
