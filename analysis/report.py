@@ -104,10 +104,31 @@ def write_section(out_dir, system: str, markdown: str) -> Path:
 
 
 def system_sections(out_dir) -> list[str]:
+    """The gathered part of RESULTS.md: a marker line, then every results/<system>.md in SYSTEM_ORDER."""
     folder = Path(out_dir) / "results"
     found = {p.stem: p for p in folder.glob("*.md")} if folder.is_dir() else {}
     order = [n for n in SYSTEM_ORDER if n in found] + sorted(n for n in found if n not in SYSTEM_ORDER)
-    return [found[n].read_text().rstrip() + "\n" for n in order]
+    return [GATHERED + "\n"] + [found[n].read_text().rstrip() + "\n" for n in order]
+
+
+# RESULTS.md's own part ends at this line; what follows it is gathered from results/*.md and can be
+# gathered again (statistic_analysis.py --gather) after another system rewrote its section.
+GATHERED = "<!-- the other systems' sections, gathered from results/*.md (statistic_analysis.py --gather) -->"
+
+
+def regather(out_dir) -> Path:
+    """Rewrite the gathered part of ``out_dir``/RESULTS.md from the current results/*.md, keeping its own part."""
+    from cli import UserError
+    path = Path(out_dir) / "RESULTS.md"
+    text = path.read_text() if path.is_file() else ""
+    if GATHERED not in text:
+        raise UserError(f"{path} has no gathered part to refresh ({'missing' if not text else 'an older layout'}): "
+                        "run statistic_analysis.py without --gather first")
+    own = text[:text.index(GATHERED)].rstrip("\n") + "\n"
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("\n".join([own] + system_sections(out_dir)))
+    partial.replace(path)
+    return path
 
 
 def paste_between_markers(path, tag: str, text: str) -> None:

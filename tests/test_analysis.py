@@ -347,3 +347,20 @@ def test_two_models_side_by_side(tmp_path):
     assert run_main(statistic_analysis.main, "statistic_analysis.py",
                     ["--features-dir", str(tmp_path / "a"), "--features-dir", str(tmp_path / "a"),
                      "--out-dir", str(tmp_path / "o2"), *FAST, *only]) == 2
+
+
+def test_gather_refreshes_the_other_systems_sections_and_keeps_the_analysis_own_part(tmp_path):
+    import statistic_analysis
+    from analysis.report import system_sections, write_section
+    from cli import UserError
+    write_section(tmp_path, "spectral_editing", "## SEA\n\nold numbers")
+    (tmp_path / "RESULTS.md").write_text("\n".join(["# Results\n\nthe analysis's own tables\n"] + system_sections(tmp_path)))
+    write_section(tmp_path, "spectral_editing", "## SEA\n\nnew numbers")
+    write_section(tmp_path, "selfie", "## SelfIE\n\nits section")
+    assert statistic_analysis.main(["--gather", "--out-dir", str(tmp_path)]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "the analysis's own tables" in text and "new numbers" in text and "its section" in text
+    assert "old numbers" not in text and text.count("## SEA") == 1
+    (tmp_path / "RESULTS.md").write_text("# Results\n\nno marker\n")
+    with pytest.raises(UserError, match="no gathered part to refresh"):
+        statistic_analysis.main(["--gather", "--out-dir", str(tmp_path)])
