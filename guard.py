@@ -177,7 +177,7 @@ class SplineGuard:
         see CALIBRATION."""
         from sklearn.model_selection import StratifiedKFold
 
-        from analysis.models import Settings, TunedLR, fit_quiet
+        from analysis.models import Settings, TunedLR, fit_quiet, make_lr
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y).astype(int)
         if X.ndim != 2 or len(X) != len(y):
@@ -190,9 +190,13 @@ class SplineGuard:
                 raise UserError(f"too few rows to fit and calibrate a guard: {(y == 1).sum()} toxic, {len(clean)} clean "
                                 "(need at least 2 of each); give more texts (--sample)")
             train = np.arange(len(y))
+            final = fit_quiet(TunedLR(s), X, y)
+            # The fold fits take the C chosen on all rows (no inner CV each: 5 fits, not 5 x 22); what they
+            # give is only a threshold, and the C choice is the same small optimism for every clean row.
+            fixed = Settings(seed=self.seed, lr_c=final.C_, lr_max_iter=s.lr_max_iter, n_jobs=1)
             calib_scores = np.empty(0)
             for fit_rows, held in StratifiedKFold(folds, shuffle=True, random_state=self.seed).split(X, y):
-                self._set_model(fit_quiet(TunedLR(s), X[fit_rows], y[fit_rows]).model_)
+                self._set_model(fit_quiet(make_lr(fixed), X[fit_rows], y[fit_rows]))
                 held_clean = held[y[held] == 0]
                 calib_scores = np.concatenate([calib_scores, self.predict_features(X[held_clean])])
             n_cal = len(calib_scores)
@@ -204,7 +208,9 @@ class SplineGuard:
             rng = np.random.default_rng(self.seed)
             calib = np.sort(rng.choice(clean, size=n_cal, replace=False))
             train = np.setdiff1d(np.arange(len(y)), calib)
-        lr = self._set_model(fit_quiet(TunedLR(s), X[train], y[train]).model_)
+        if self.calibration == "holdout":
+            final = fit_quiet(TunedLR(s), X[train], y[train])
+        lr = self._set_model(final.model_)
         if self.calibration == "holdout":
             calib_scores = self.predict_features(X[calib])
         self.threshold_ = calibrated_threshold(calib_scores, self.target_fpr)

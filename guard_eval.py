@@ -70,9 +70,9 @@ def split(y, seed=SEED):
     return train_test_split(idx, test_size=TEST_SHARE, stratify=y, random_state=seed)
 
 
-def fit_guard(X, y, features, layers):
-    from guard import SplineGuard
-    return SplineGuard(features=features, layers=layers, seed=SEED).fit(X, y)
+def fit_guard(X, y, features, layers, calibration=None):
+    from guard import CALIBRATION, SplineGuard
+    return SplineGuard(features=features, layers=layers, seed=SEED, calibration=calibration or CALIBRATION).fit(X, y)
 
 
 def guard_metrics(guard, X, y) -> dict:
@@ -112,6 +112,7 @@ def baselines(train, test, s) -> dict:
 def held_out(block, fitted: dict | None = None) -> dict:
     """Every guard and baseline fitted on one seeded split, scored on its held-out rows (``fitted`` collects
     the guards, keyed as the table's rows)."""
+    import guard as G
     train, test = split(block.y)
     res = {"n_train": int(len(train)), "n_test": int(len(test)), "guards": {}, "baselines": {}}
     for features, layers in SETS:
@@ -122,6 +123,10 @@ def held_out(block, fitted: dict | None = None) -> dict:
         res["guards"][_set_key(features, layers)] = guard_metrics(g, X[test], block.y[test])
         if fitted is not None:
             fitted[_set_key(features, layers)] = g
+        if (features, layers) == (G.FEATURES, "all"):  # the default beside the other way to set its threshold
+            other = "holdout" if G.CALIBRATION == "cross" else "cross"
+            h = fit_guard(X[train], block.y[train], features, layers, other)
+            res["guards"][f"{_set_key(features, layers)}, {other} calibration"] = guard_metrics(h, X[test], block.y[test])
     res["baselines"] = baselines(train, test, block)
     return res
 
@@ -224,8 +229,9 @@ def report(results: dict, out_dir: Path) -> str:
     from analysis.report import Table, write_json, write_section
     import guard as G
     lines = ["## Toxicity guard on the served model's own forward pass (guard.py)", "",
-             f"A guard (standardised LR, C by inner CV, threshold calibrated on held-out clean training texts for a "
-             f"{G.TARGET_FPR:.0%} FPR) on each feature set, scored on a seeded held-out {TEST_SHARE:.0%} of each task "
+             f"A guard (standardised LR, C by inner CV, threshold calibrated for a {G.TARGET_FPR:.0%} FPR on clean "
+             f"training scores no fit saw: {G.CALIBRATION!r} calibration, guard.py's CALIBRATION; the default feature set "
+             f"also with the other way) on each feature set, scored on a seeded held-out {TEST_SHARE:.0%} of each task "
              "(rows no fit or calibration saw), beside the baselines on the same split. From the main job's feature "
              "files; nothing is extracted here.", ""]
     cols = ["detector", "ROC-AUC", "AUPRC", "TPR @ 1% FPR (oracle)", "TPR @ calibrated thr.", "FPR observed", "C"]
