@@ -226,6 +226,6 @@ def test_readme_markers_and_the_hand_labels_agreement():
         assert readme.count(f"<!-- {tag}:begin -->") == 1 and readme.count(f"<!-- {tag}:end -->") == 1
     labels = load_labels()
     assert len(labels) >= 100 and set(labels["Hand"]) <= {0, 1}
-    assert not labels.duplicated(["Model", "System", "Instruction Name", "Statement"]).any()
+    assert not labels.duplicated(["Model", "System", "Instruction Name", "Statement", "Prepend Words"]).any()
     pasted = re.search(r"<!-- id-labels:begin -->\n(.*?)<!-- id-labels:end -->", readme, re.S).group(1)
     assert pasted == markdown(agreement(labels))   # the README's agreement is what the kept labels give

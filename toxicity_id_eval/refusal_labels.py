@@ -21,6 +21,11 @@ from toxicity_id_eval.refusal import is_refusal
 
 LABELS = Path(__file__).resolve().parent / "refusal_labels.csv"
 COLUMNS = ["Model", "System", "Instruction Name", "Category", "Statement ID", "Statement", "Response", "Hand", "Note"]
+# Which run an answer comes from and the words prepended to its statement; rows without them are the setup
+# measurement's (no prepended text).
+OPTIONAL = {"Run": "setups", "Prepend Words": 0}
+RUN_NAMES = {"setups": "the setup measurement (no prepended text)",
+             "full": "the decisive run (`--full`, 50 to 400 words prepended)"}
 
 
 def load_labels(path: Path | str = LABELS) -> pd.DataFrame:
@@ -28,7 +33,12 @@ def load_labels(path: Path | str = LABELS) -> pd.DataFrame:
     missing = set(COLUMNS) - set(frame.columns)
     if missing:
         raise ValueError(f"{path} lacks columns {sorted(missing)}")
+    for column, default in OPTIONAL.items():
+        if column not in frame.columns:
+            frame[column] = default
+        frame[column] = frame[column].replace("", default)
     frame["Hand"] = frame["Hand"].astype(int)
+    frame["Prepend Words"] = frame["Prepend Words"].astype(int)
     return frame
 
 
@@ -42,7 +52,10 @@ def agreement(frame: pd.DataFrame) -> dict:
               "neither": int(((matcher == 0) & (hand == 0)).sum())}
     n = len(frame)
     agree = counts["both_refusal"] + counts["neither"]
-    return {"n": n, "agree": agree, "rate": agree / n if n else None, **counts,
+    runs = frame["Run"] if "Run" in frame.columns else pd.Series("setups", index=frame.index)
+    by_run = {run: {"n": int((runs == run).sum()), "agree": int(((matcher == hand) & (runs == run)).sum())}
+              for run in sorted(runs.unique(), key=lambda r: list(RUN_NAMES).index(r) if r in RUN_NAMES else 99)}
+    return {"n": n, "agree": agree, "rate": agree / n if n else None, **counts, "runs": by_run,
             "models": sorted(frame["Model"].unique()),
             "disagreements": frame.loc[matcher != hand, ["Model", "Response", "Hand"]].to_dict("records")}
 
@@ -51,7 +64,10 @@ def markdown(result: dict) -> str:
     n = result["n"]
     return (f"The matcher agrees with the hand labels on **{result['agree']} of {n} answers "
             f"({100 * result['rate']:.1f} %)** (`toxicity_id_eval/refusal_labels.csv`, models "
-            f"{', '.join(result['models'])}).\n\n"
+            f"{', '.join(result['models'])})"
+            + ("; by run: " + "; ".join(f"{RUN_NAMES.get(r, r)}: {c['agree']} of {c['n']}"
+                                        for r, c in result["runs"].items())
+               if len(result.get("runs", {})) > 1 else "") + ".\n\n"
             "| | read as refusal | read as no refusal |\n|---|---|---|\n"
             f"| matcher: refusal | {result['both_refusal']} | {result['matcher_only']} |\n"
             f"| matcher: no refusal | {result['hand_only']} | {result['neither']} |\n")
