@@ -160,7 +160,16 @@ def report(results: dict[str, pd.DataFrame], args, argv=None) -> dict:
     if args.update_readme:
         paste_between_markers(README, "id-full", md)
         print(f"README.md: id-full section updated from {out / 'full.json'}")
+        paste_labels()  # the kept labels include answers of this run
     return summary
+
+
+def paste_labels() -> None:
+    """The matcher against the hand-read answers (refusal_labels.csv) between README.md's id-labels markers."""
+    from toxicity_id_eval.refusal_labels import LABELS, agreement, load_labels, markdown as labels_markdown
+    if LABELS.exists():
+        paste_between_markers(README, "id-labels", labels_markdown(agreement(load_labels())))
+        print("README.md: id-labels section updated")
 
 
 def full_markdown(summary: dict) -> str:
@@ -180,7 +189,4 @@ def paste_setups(summary: dict, command: str, path: Path) -> None:
             f"no prepended text, greedy, {summary['max_new_tokens']} new tokens.\n\n" + markdown(summary))
     paste_between_markers(README, "id-setups", text)
     print("README.md: id-setups section updated")
-    from toxicity_id_eval.refusal_labels import LABELS, agreement, load_labels, markdown as labels_markdown
-    if LABELS.exists():  # the matcher against the hand-read answers of these runs
-        paste_between_markers(README, "id-labels", labels_markdown(agreement(load_labels())))
-        print("README.md: id-labels section updated")
+    paste_labels()
