@@ -141,7 +141,8 @@ def call(args: list[str]) -> None:
 def side_by_side(lanes: dict[str, tuple[str, list[list[str]]]]) -> dict[str, tuple[float, float]]:
     """Run independent steps at once, one lane each (a lane's commands one after another), and return each
     lane's (wall, CPU) seconds. These steps spend most of their time in one thread (a small model, short batches,
-    token-by-token generation), so two lanes use the 2 cores that one leaves half idle. Each lane's
+    token-by-token generation), so lanes side by side use the cores that one leaves idle (three lanes on
+    2 cores share them; each lane's CPU seconds are its own). Each lane's
     processes get one torch thread; their output goes to results/logs/<lane>.log and is printed whole when
     the lane ends. A failed lane stops the job once the others have finished (their work is kept)."""
     from concurrent.futures import ThreadPoolExecutor
