@@ -466,8 +466,8 @@ def calibrated_threshold(clean_scores: np.ndarray, target_fpr: float) -> float:
 class AttachedGuard:
     """The guard's hooks on a model's gates (through hooks.py), for ``with`` or until ``close()``.
 
-    Every forward pass the model runs is watched, but only the first one after :meth:`arm` (generate's
-    prefill, the pass over the whole prompt) is scored; the decoding steps pass through untouched. The
+    The first forward pass after :meth:`arm` (generate's prefill, the pass over the whole prompt) is scored,
+    and the hooks are then removed until the next :meth:`arm`: the decoding steps run unhooked. The
     statistics come from instrument.py's recorder callback on the same tensors the model computes, so no
     output changes. With ``on_flag="stop"`` a batch whose every prompt is flagged ends at the guard's deepest
     layer (StopForward, caught by :meth:`generate`); otherwise flagged rows are ended after one step by a
