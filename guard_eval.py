@@ -334,8 +334,11 @@ def evaluate(args) -> int:
         res = {"held_out": held_out(block, guards)}
         sources = {"embedded": block}
         sg = folder / "same_genre"
-        if (sg / "insults.parquet").exists() and (sg / "talkdown.parquet").exists():
-            sources["insults"], sources["talkdown"] = Block(sg / "insults.parquet"), Block(sg / "talkdown.parquet")
+        if (sg / "insults.parquet").exists():
+            # talkdown's file is there only where its withdrawn package was cached: its transfer pair is then scored
+            sources["insults"] = Block(sg / "insults.parquet")
+            if (sg / "talkdown.parquet").exists():
+                sources["talkdown"] = Block(sg / "talkdown.parquet")
             log(f"guard: {model}: same-genre and transfer")
             res["same_genre"] = held_out(sources["insults"])
         else:

