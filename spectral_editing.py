@@ -1,7 +1,7 @@
 """Spectral editing of activations (SEA) on three offline tasks: truthfulness, bias, toxicity.
 
     python spectral_editing.py --task truthfulqa                 # TruthfulQA MC1/MC2, 2-fold CV over questions
-    python spectral_editing.py --task bbq                        # BBQ-lite: ambiguous/disambiguated accuracy, bias
+    python spectral_editing.py --task bbq                        # BBQ: ambiguous/disambiguated accuracy, pair bias score
     python spectral_editing.py --task toxicity                   # toxic-continuation rate
     python spectral_editing.py --task damage                     # clean perplexity of the edits, Phi-SEA round trips
     python spectral_editing.py --task truthfulqa --search        # pick the settings on dev items, report test rows
