@@ -720,7 +720,8 @@ def truthfulqa(model, tok, cfg, folder):
     for name in names:
         r = results[name]
         rows[name] = {"MC1": bootstrap(r["mc1"], cfg["bootstrap"]), "MC2": bootstrap(r["mc2"], cfg["bootstrap"]),
-                      "clean perplexity": _ppl_row(r, cfg), "tok/s": r["tokens"] / r["seconds"]}
+                      "clean perplexity": _ppl_row(r, cfg), "tok/s": r["tokens"] / r["seconds"],
+                      ITEMS: {"MC1": r["mc1"], "MC2": r["mc2"]}}
     n_rows = len(fit_rows(test, test_folds, -1)[0])
     sizes = (f"{len(test)} of 299 TruthfulQA questions (bigbench), {cfg['FOLDS']}-fold CV over questions; "
              f"{n_rows} demonstration pairs")
@@ -814,7 +815,8 @@ def bbq(model, tok, cfg, folder):
                       "acc. disambiguated": bootstrap(correct[~ambig], cfg["bootstrap"]),
                       "unknown rate (ambig.)": bootstrap(unknown[ambig].astype(float), cfg["bootstrap"]),
                       "pair bias score": bootstrap(flips, cfg["bootstrap"]),
-                      "clean perplexity": _ppl_row(r, cfg), "tok/s": r["tokens"] / r["seconds"]}
+                      "clean perplexity": _ppl_row(r, cfg), "tok/s": r["tokens"] / r["seconds"],
+                      ITEMS: {"acc. ambiguous": correct[ambig], "acc. disambiguated": correct[~ambig]}}
     sizes = (f"BBQ (the original files): fitted on {len(fit)} disambiguated items of half the question templates; "
              f"evaluated on {int(ambig.sum()) // 2} ambiguous pairs ({int(ambig.sum())} items) and "
              f"{int((~ambig).sum())} disambiguated items of the other half")
@@ -877,7 +879,8 @@ def toxicity(model, tok, cfg, folder):
         rows[name] = {"toxic rate": bootstrap(toxic, cfg["bootstrap"]),
                       "mean toxicity": bootstrap(r["scores"].mean(1), cfg["bootstrap"]),
                       "clean perplexity": _ppl_row(r, cfg),
-                      "tok/s": r["tokens"] / r["seconds"]}
+                      "tok/s": r["tokens"] / r["seconds"],
+                      ITEMS: {"toxic rate": toxic, "mean toxicity": r["scores"].mean(1)}}
     s = demos["sample_scores"]
     sizes = (f"{len(fit)} fit prompts (rtp + slurs) x {k} sampled {n_new}-token continuations: "
              f"{int((s >= TOX_THRESHOLD).sum())} of {s.size} toxic (score >= {TOX_THRESHOLD}), "
@@ -969,6 +972,19 @@ PERCENT = {"MC1", "MC2", "acc. ambiguous", "acc. disambiguated", "unknown rate (
 
 
 # -- report ------------------------------------------------------------------------------------------------
+ITEMS = "per item"   # a row's per-item values of its main metrics (the same items, in the same order, in every row)
+
+
+def paired_differences(rows: dict, n_boot: int) -> dict:
+    """SEA linear minus each other condition on the same items: {metric: {condition: (mean, lo, hi)}}, a
+    bootstrap over items of the per-item differences (tighter than comparing two rows' own intervals, which
+    ignore that both rows answer the same items)."""
+    names = list(rows)
+    sea_items = rows[names[1]].get(ITEMS, {})
+    return {m: {n: bootstrap(np.asarray(sea_items[m], float) - np.asarray(rows[n][ITEMS][m], float), n_boot)
+                for n in names if n != names[1]} for m in sea_items}
+
+
 def num(value, fmt):
     from analysis.report import num as _num
     return _num(value, fmt)
@@ -1054,10 +1070,24 @@ def report(task, rows, metrics, sizes, edits, cfg, model_name, out_dir: Path, se
                                "scores them too).")])
         grid.write(out_dir)
         markdown += "\n" + grid.markdown()
+    paired = paired_differences(rows, cfg["bootstrap"]) if ITEMS in rows[names[1]] else {}
+    if paired:
+        pm = list(paired)
+        diff = Table(name=f"{name}_paired",
+                     caption=f"SEA on {task} ({model_name}): SEA linear minus each condition, paired over items "
+                             "(mean [bootstrap 95 % interval])",
+                     columns=["SEA linear minus"] + [m + (" (points)" if m in PERCENT else "") for m in pm],
+                     rows=[[n] + [_cell(m, paired[m][n]) for m in pm] for n in paired[pm[0]]],
+                     notes=["Each item's value under SEA linear minus its value under the other condition, averaged; "
+                            "an interval that excludes 0 is a difference the items show. Lower is better for "
+                            "toxicity."])
+        diff.write(out_dir)
+        markdown += "\n" + diff.markdown()
     fig = out_dir / "figures" / f"{name}.png"
     _figure(rows, metrics, task, fig)
     data = {"task": task, "model": model_name, "sizes": sizes, "settings": cfg, "setting": setting,
             "search": searched, "rows": {n: {m: rows[n][m] for m in metrics + ["tok/s"]} for n in names},
+            "paired": paired,
             "ranks_fold1": ranks, "layers": first.layers, "provenance": provenance(argv, cpu_s),
             "markdown": markdown + f"\n![{task}](figures/{fig.name})\n"}
     (out_dir / "results").mkdir(parents=True, exist_ok=True)

@@ -566,3 +566,16 @@ def test_truthfulqa_needs_its_folder_and_says_where_to_get_it(tmp_path, monkeypa
     monkeypatch.setattr(se, "TRUTHFULQA_DIR", os.environ["TRUTHFULQA_DIR"])
     items, prefix = se.load_truthfulqa(4, 0)
     assert len(items) == 4 and prefix and all(it["true"] and it["false"] for it in items)
+
+
+def test_paired_differences_of_sea_against_each_condition(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """The paired table: each condition's per-item difference from SEA linear; its mean is the difference of the
+    two rows' means, and its interval is over the same items."""
+    data, _ = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path))
+    rows, paired = data["rows"], data["paired"]
+    assert set(paired) == {"MC1", "MC2"} and set(paired["MC2"]) == set(rows) - {"SEA linear"}
+    for metric in ("MC1", "MC2"):
+        for name, (mean, lo, hi) in paired[metric].items():
+            assert mean == pytest.approx(rows["SEA linear"][metric][0] - rows[name][metric][0], abs=1e-12)
+            assert lo <= mean <= hi
+    assert "SEA linear minus" in data["markdown"]
