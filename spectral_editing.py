@@ -1250,6 +1250,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.truthfulqa_dir:
         TRUTHFULQA_DIR = args.truthfulqa_dir
+    if args.task == "truthfulqa" or (args.task == "damage" and args.damage_demos == "truthfulqa"):
+        truthfulqa_files()   # a missing TruthfulQA is said before the model loads
     if args.full and args.quick:
         raise UserError("--full and --quick contradict each other: pass one of them")
     if args.update_readme and not args.full:

@@ -560,6 +560,11 @@ def test_truthfulqa_needs_its_folder_and_says_where_to_get_it(tmp_path, monkeypa
     with pytest.raises(UserError, match=r"TruthfulQA is not available: bigbench==1\.0\.0 .*--truthfulqa-dir"):
         se.load_truthfulqa(4, 0)
     assert not se.truthfulqa_available()
+    import model_loading
+    monkeypatch.setattr(model_loading, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))
+    for argv in (["--task", "truthfulqa"], ["--task", "damage"]):
+        with pytest.raises(UserError, match="TruthfulQA is not available"):
+            se.main(argv + ["--quick", "--out-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")])
     monkeypatch.setattr(se, "TRUTHFULQA_DIR", str(tmp_path))
     with pytest.raises(UserError, match="has no questions.json or task_mc.json"):
         se.load_truthfulqa(4, 0)
