@@ -641,6 +641,32 @@ def _ppl_row(r, cfg):
 
 
 # -- the three tasks ---------------------------------------------------------------------------------------
+def truthfulqa_demonstrations(model, tok, items: list, prefix: str, path: Path, key: str) -> dict:
+    """Per question, true answer i (positive) paired with false answer i (negative), base = the model's own
+    top-scored option: their last-token states at every layer, and each pair's question index ("owner");
+    cached in ``path`` under ``key``."""
+    demos = _cached(path, key)
+    if demos is None:
+        print(f"  demonstrations: {len(items)} questions", flush=True)
+        # The chat template and few-shot prefix are the same for every question: their KV cache is computed once.
+        head_text, tail = split_template(tok, f"{prefix}\n{PLACEHOLDER}", "A:")
+        head = head_cache(model, tok, head_text)
+        H, Hp, Hn, owner = [], [], [], []
+        for i, it in enumerate(items):
+            sums, _, states, _ = score_options(model, tok, head, f"Q: {it['question']}{tail}",
+                                               it["true"] + it["false"], True)
+            nt = len(it["true"])
+            for j in range(min(nt, len(it["false"]))):
+                H.append(states[int(np.argmax(sums))])
+                Hp.append(states[j])
+                Hn.append(states[nt + j])
+                owner.append(i)
+        demos = {"key": key, "H": torch.stack(H), "Hp": torch.stack(Hp), "Hn": torch.stack(Hn),
+                 "owner": np.array(owner)}
+        _atomic_save(demos, path)
+    return demos
+
+
 def truthfulqa(model, tok, cfg, folder):
     items, prefix = load_truthfulqa(cfg["TQA_QUESTIONS"], cfg["seed"])
     clean, clean_dev = load_clean(cfg["PPL_TEXTS"], cfg["PPL_DEV_TEXTS"], cfg["seed"])
@@ -662,24 +688,7 @@ def truthfulqa(model, tok, cfg, folder):
             out.append((sums, states, tokens))
         return out
 
-    demos_path = folder / "demos.pt"
-    demos = _cached(demos_path, demo_key)
-    if demos is None:
-        print(f"  demonstrations: {len(items)} questions", flush=True)
-        scored = score_all(range(len(items)), read_states=True)
-        H, Hp, Hn, owner = [], [], [], []
-        for i, (sums, states, _) in enumerate(scored):
-            it = items[i]
-            nt = len(it["true"])
-            base = states[int(np.argmax(sums))]
-            for j in range(min(nt, len(it["false"]))):
-                H.append(base)
-                Hp.append(states[j])
-                Hn.append(states[nt + j])
-                owner.append(i)
-        demos = {"key": demo_key, "H": torch.stack(H), "Hp": torch.stack(Hp), "Hn": torch.stack(Hn),
-                 "owner": np.array(owner)}
-        _atomic_save(demos, demos_path)
+    demos = truthfulqa_demonstrations(model, tok, items, prefix, folder / "demos.pt", demo_key)
 
     def fit_rows(pool, folds, fold):
         """Demonstrations of the questions of ``pool`` outside fold ``fold``."""
@@ -904,23 +913,9 @@ def damage(model, tok, cfg, folder):
                                    _demo_key(cfg, "bbq", _text_hash(fit)))
     else:
         items, prefix = load_truthfulqa(cfg["TQA_QUESTIONS"], cfg["seed"])
-        head_text, tail = split_template(tok, f"{prefix}\n{PLACEHOLDER}", "A:")
+        tail = split_template(tok, f"{prefix}\n{PLACEHOLDER}", "A:")[1]
         demo_key = _demo_key(cfg, "truthfulqa", _text_hash(items, [it["question"] for it in items], tail))
-        demos = _cached(folder / "demos.pt", demo_key)
-        if demos is None:
-            print(f"  demonstrations: {len(items)} questions", flush=True)
-            head = head_cache(model, tok, head_text)
-            H, Hp, Hn = [], [], []
-            for it in items:
-                sums, _, states, _ = score_options(model, tok, head, f"Q: {it['question']}{tail}",
-                                                   it["true"] + it["false"], True)
-                nt = len(it["true"])
-                for j in range(min(nt, len(it["false"]))):
-                    H.append(states[int(np.argmax(sums))])
-                    Hp.append(states[j])
-                    Hn.append(states[nt + j])
-            demos = {"key": demo_key, "H": torch.stack(H), "Hp": torch.stack(Hp), "Hn": torch.stack(Hn)}
-            _atomic_save(demos, folder / "demos.pt")
+        demos = truthfulqa_demonstrations(model, tok, items, prefix, folder / "demos.pt", demo_key)
     H, Hp, Hn = demos["H"], demos["Hp"], demos["Hn"]
     d = H.shape[-1]
     texts = [t for _, t in clean]
@@ -1051,7 +1046,8 @@ def report(task, rows, metrics, sizes, edits, cfg, model_name, out_dir: Path, se
                          "tokens/s: tokens processed (scoring) or generated (toxicity) per second in this run, "
                          "on a shared machine: compare rows, not runs."])
     table.write(out_dir)
-    heading = task if name == f"{SYSTEM}_{task}" else f"{task} ({name[len(SYSTEM) + len(task) + 2:]})"
+    from model_loading import model_slug
+    heading = task if name == f"{SYSTEM}_{task}" else f"{task} ({model_slug(model_name)})"
     markdown = f"### {heading}\n\n" + table.markdown()
     if searched:
         grid = Table(name=f"{name}_search",
