@@ -36,8 +36,10 @@ Evaluating (--evaluate, on the embedded SmolLM2, which cannot summarise: tasks w
              perplexity, unrelated answers and other words' interpretations as collateral.
   examples   a few interpretations per category with relevancy-weighted tokens.
 --evaluate honours --model, --insert-layer, --strength, --mode, --batch-size, --no-chat-template, --seed and
---out-dir, and refuses the other flags. --full runs FULL's sizes on FULL_MODELS and writes
-results/selfie_full.json (+ .md); --update-readme pastes its tables between the README's selfie-full markers.
+--out-dir, and refuses the other flags. --full runs FULL's sizes on each of FULL_MODELS (or on --model alone)
+and puts each model's numbers into results/selfie_full.json (+ .md) as soon as that model is done, under its
+own run's date, commit and machine; --update-readme pastes the tables between the README's selfie-full
+markers after each model, so an interrupted run keeps the models it finished.
 Interpretations are cached under results/selfie/<model>/ (resumable); tables/selfie_*.md|tex,
 figures/selfie_identity.png, results/selfie.json and results/selfie.md (the RESULTS.md section).
 """
@@ -107,8 +109,12 @@ FEATURE_SAMPLE = 250
 FEATURE_SEED = 0
 QUICK = dict(EVAL_WORDS=6, RANDOM_WORDS=2, TOX_PER_SOURCE=2, TOX_LAYER_STRIDE=15, EXAMPLES_PER_CATEGORY=1,
              CONTROL_TARGETS=2, CONTROL_UNRELATED=2, EVAL_DIR="results/selfie/quick")
-FULL = dict(EVAL_WORDS=500, RANDOM_WORDS=500, FULL_MODELS=("smollm2-135m", "qwen2.5-coder-0.5b"),
-            TOX_PER_SOURCE=100, TOX_LAYER_STRIDE=1, CONTROL_TARGETS=50, EVAL_DIR="results/selfie/full")
+# --full: 500 words at every layer (a rate's 95 % interval within +-4.4 points); the random control, whose
+# rate sits near 0, on 100 of them (0 hits in 100: at most 3.7 %); 100 prompts per toxic source (200 a side)
+# at every other layer; 50 supervised-control pairs. Measured on 2 AMD cores: about 40 min on SmolLM2 and
+# 100 on Qwen2.5-Coder-0.5B (the random control on all 500 words and every layer would add about 50).
+FULL = dict(EVAL_WORDS=500, RANDOM_WORDS=100, FULL_MODELS=("smollm2-135m", "qwen2.5-coder-0.5b"),
+            TOX_PER_SOURCE=100, TOX_LAYER_STRIDE=2, CONTROL_TARGETS=50, EVAL_DIR="results/selfie/full")
 
 # Common concrete nouns and everyday words for the identity test; only those the tokenizer keeps as one
 # token (with a leading space) are used, the first EVAL_WORDS of them.
@@ -722,30 +728,55 @@ def run_evaluation(args, model, tokenizer) -> int:
         res = evaluate_model(args, model, tokenizer, cfg)
         write_report(out_dir, args, cfg, tokenizer, res)
         return 0
-    # --full: every model of FULL_MODELS (the one loaded first, then the others), one JSON, README tables
+    # --full: each model of FULL_MODELS (or the one --model names), one after another. Each model's numbers
+    # go into results/selfie_full.json as soon as it is done, under its own run's date, commit and machine, and
+    # the tables are rendered (and pasted) then: a later model's interruption loses no finished one.
     from model_loading import load_model, load_tokenizer
-    results, command = {}, "python selfie.py " + " ".join(args.argv)
-    for name in cfg["FULL_MODELS"]:
+    names = [args.model] if args.model_given else list(cfg["FULL_MODELS"])
+    # Read before anything is pasted, so that the README's own edit never makes the commit look modified.
+    stamp = {"commit": _commit(), "machine": _machine(), "command": "python selfie.py " + " ".join(args.argv)}
+    path = out_dir / "results" / "selfie_full.json"
+    for name in names:
         if name != args.model:
             del model
             tokenizer, model = load_tokenizer(name), load_model(name)
         args.model = name
-        results[name] = evaluate_model(args, model, tokenizer, cfg)
-        print(f"SelfIE --full on {name}: {results[name]['timing']['cpu_s']:.0f} s CPU", flush=True)
-    run = {"created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(), "machine": _machine(),
-           "command": command, "models": results}
-    from analysis.report import write_json
-    path = out_dir / "results" / "selfie_full.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, run)
-    tables = full_tables(json.loads(path.read_text()))
-    (out_dir / "results" / "selfie_full.md").write_text(tables)
-    print(f"wrote {path} and selfie_full.md")
-    if args.update_readme:
-        from analysis.report import paste_between_markers
-        paste_between_markers(ROOT / "README.md", "selfie-full", tables)
-        print(f"updated {ROOT / 'README.md'}")
+        result = evaluate_model(args, model, tokenizer, cfg)
+        print(f"SelfIE --full on {name}: {result['timing']['cpu_s']:.0f} s CPU", flush=True)
+        result["run"] = {"created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **stamp}
+        tables = save_full_result(path, name, result, cfg["FULL_MODELS"])
+        print(f"wrote {path} and selfie_full.md ({name})")
+        if args.update_readme:
+            from analysis.report import paste_between_markers
+            paste_between_markers(ROOT / "README.md", "selfie-full", tables)
+            print(f"updated {ROOT / 'README.md'}")
     return 0
+
+
+FULL_FORMAT = 2     # 2: one entry per model, each with its own run's date, commit, machine and command
+
+
+def save_full_result(path: Path, name: str, result: dict, full_models) -> str:
+    """Put one model's --full result into the JSON at ``path`` (the other models' entries kept, each under its
+    own run), write the tables beside it as selfie_full.md, and return them."""
+    from analysis.report import write_json
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run = {"format": FULL_FORMAT, "models": {}}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        if old.get("format") == FULL_FORMAT:      # an older layout holds no per-model provenance: not kept
+            run["models"] = old["models"]
+    run["models"][name] = result
+    run["full_models"] = list(full_models)
+    side = path.with_suffix(".json.part")
+    write_json(side, run)
+    side.replace(path)                            # never half a JSON
+    tables = full_tables(json.loads(path.read_text()))
+    path.with_suffix(".md").write_text(tables)
+    return tables
 
 
 def _commit() -> str:
@@ -764,10 +795,16 @@ def _ci(ci) -> str:
 
 
 def full_tables(run: dict) -> str:
-    """The README's generated section, from the --full run's JSON only."""
-    lines = [f"Generated by `{run['command']}` on {run['created']}, commit {run['commit']}, {run['machine']}; "
-             "numbers from results/selfie_full.json.", ""]
-    models = run["models"]
+    """The README's generated section, from the --full runs' JSON only (each model under its own run)."""
+    models = {n: run["models"][n] for n in run.get("full_models", []) if n in run["models"]}
+    models.update({n: m for n, m in run["models"].items() if n not in models})
+    lines = [f"Generated from results/selfie_full.json; each model's numbers come from the run named here:", ""]
+    lines += [f"- {n}: `{m['run']['command']}` on {m['run']['created']}, commit {m['run']['commit']}, "
+              f"{m['run']['machine']}; {m['timing']['wall_s'] / 60:.0f} min wall and {m['timing']['cpu_s'] / 60:.0f} "
+              "CPU min in that run (rows an earlier run cached cost it nothing)." for n, m in models.items()]
+    lines += [f"- {n}: not yet run (`python selfie.py --evaluate --full --model {n} --update-readme`)."
+              for n in run.get("full_models", []) if n not in models]
+    lines.append("")
     names = list(models)
     layers = sorted({int(l) for m in models.values() for l in m["identity"]["selfie"]})
     lines += ["Identity recovery per layer, % of words with the word among the generated words (95 % Wilson "
@@ -904,7 +941,7 @@ def write_report(out_dir, args, cfg, tokenizer, res) -> None:
 # Flags whose default is None: given or not is known, so --evaluate can refuse the ones it cannot honour.
 EVALUATE_HONOURS = ("model", "insert_layer", "strength", "mode", "batch_size", "no_chat_template", "seed", "out_dir",
                     "quick", "full", "update_readme")
-DEFAULTS = {"interpretation_prompt": INTERPRETATION_PROMPT, "placeholders": N_PLACEHOLDERS,
+DEFAULTS = {"model": MODEL, "interpretation_prompt": INTERPRETATION_PROMPT, "placeholders": N_PLACEHOLDERS,
             "insert_layer": INSERT_LAYER, "strength": OVERLAY_STRENGTH, "mode": REPLACING_MODE,
             "relevancy": RELEVANCY_KIND, "layers": LAYERS, "tokens": TOKENS, "max_new_tokens": MAX_NEW_TOKENS,
             "answer_tokens": ANSWER_TOKENS, "batch_size": BATCH_SIZE, "limit": 20, "seed": None, "out": OUT}
@@ -920,7 +957,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="with --evaluate: a tiny smoke run")
     p.add_argument("--full", action="store_true", help="with --evaluate: the full-size run on both embedded models")
     p.add_argument("--update-readme", action="store_true", help="with --full: paste its tables into README.md")
-    p.add_argument("--model", default=MODEL)
+    p.add_argument("--model", default=None, help=f"default {MODEL}; with --full: only this model (default: all of "
+                   "FULL_MODELS)")
     p.add_argument("--interpretation-prompt", default=None,
                    help=f"{', '.join(INTERPRETATION_PROMPTS)} (default {INTERPRETATION_PROMPT}), or any text with "
                         f"{MARKER} where the placeholders go, e.g. \"[INST] {MARKER} [/INST] The materials mentioned "
@@ -953,7 +991,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_evaluate_flags(args, argv) -> None:
     """--evaluate fixes its tasks' prompts, states and outputs: a flag it would ignore is refused by name."""
     ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
-               if k not in EVALUATE_HONOURS and k not in ("json", "prompt", "dataset", "evaluate", "argv")
+               if k not in EVALUATE_HONOURS and k not in ("json", "prompt", "dataset", "evaluate", "argv", "model_given")
                and v not in (None, False)]
     if ignored:
         raise UserError(f"--evaluate does not take {', '.join(ignored)}: its tasks fix their own prompts (identity: "
@@ -964,6 +1002,7 @@ def check_evaluate_flags(args, argv) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.model_given = args.model is not None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if (args.quick or args.full) and not args.evaluate:
         raise UserError("--quick and --full go with --evaluate: add --evaluate, or drop them")

@@ -562,3 +562,29 @@ def test_update_readme_pastes_between_the_markers_only(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(UserError, match="no <!-- selfie-full:begin -->"):
         paste_between_markers(readme, "selfie-full", "x")
+
+
+def _full_result(rate: float, commit: str) -> dict:
+    cell = {"rate": rate, "ci95": (max(rate - 0.1, 0), min(rate + 0.1, 1)), "n": 10}
+    zero = {"rate": 0.0, "ci95": (0.0, 0.3), "n": 10}
+    return {"identity": {"selfie": {l: cell for l in (0, 1)}, "random": {l: zero for l in (0, 1)}}, "n_words": 10,
+            "n_random_words": 10, "own_state": {"rate": 0.0}, "toxicity_per_side": {"toxic": 5, "clean": 5},
+            "toxicity_auc_selfie": {0: {"auc": 0.6, "ci95": (0.5, 0.7)}}, "toxicity_auc_spline_all": 0.9,
+            "toxicity_auc_prompt_profanity": 0.8, "control": None, "timing": {"wall_s": 120, "cpu_s": 240},
+            "run": {"created": "2026-12-07 19:00 UTC", "commit": commit, "machine": "2 cores", "command": "python x"}}
+
+
+def test_full_results_land_one_model_at_a_time_each_under_its_own_run(tmp_path):
+    from selfie import save_full_result
+    path, both = tmp_path / "selfie_full.json", ("small", "large")
+    path.write_text(json.dumps({"models": {"large": {"stale": True}}}))   # the older layout: not kept
+    tables = save_full_result(path, "small", _full_result(0.5, "aaa1111"), both)
+    assert "small: `python x`" in tables and "aaa1111" in tables and "large: not yet run" in tables
+    assert "stale" not in path.read_text() and (tmp_path / "selfie_full.md").read_text() == tables
+    tables = save_full_result(path, "large", _full_result(0.9, "bbb2222"), both)
+    assert "not yet run" not in tables and "aaa1111" in tables and "bbb2222" in tables
+    assert "| 1 | 50 [40, 60] | 0 [0, 30] | 90 [80, 100] | 0 [0, 30] |" in tables
+    tables = save_full_result(path, "small", _full_result(0.7, "ccc3333"), both)   # a rerun replaces its own entry
+    assert "aaa1111" not in tables and "ccc3333" in tables and "bbb2222" in tables
+    assert "| 1 | 70 [60, 80] | 0 [0, 30] | 90 [80, 100] | 0 [0, 30] |" in tables
+    assert not list(tmp_path.glob("*.part"))
