@@ -284,8 +284,9 @@ def main(argv=None) -> int:
         from spectral_editing import truthfulqa_available
         tasks = ("truthfulqa", "bbq", "toxicity") if truthfulqa_available() else ("bbq", "toxicity")
         if "truthfulqa" not in tasks:
-            print("SEA: the TruthfulQA task is left out: its files (BIG-bench's truthful_qa) are not here and the "
-                  "package index no longer serves them; set TRUTHFULQA_DIR to that folder to include it", flush=True)
+            print("SEA: the TruthfulQA task is left out: its files are not here and no registry package ships them; "
+                  "set TRUTHFULQA_DIR to a clone of the TruthfulQA repository (or BIG-bench's truthful_qa folder) "
+                  "to include it", flush=True)
         lanes["sea"] = (f"6/10 spectral editing of activations (SEA): {', '.join(tasks)}",
                         [["spectral_editing.py", "--task", task, "--model", args.model] + quick
                          for task in tasks])  # one table each; one RESULTS.md section

