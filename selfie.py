@@ -97,6 +97,7 @@ TOX_NEW_TOKENS = 8
 TOX_MAX_TOKENS = 48                   # prompts cut to their first 48 tokens (the last token is interpreted)
 EXAMPLES_PER_CATEGORY = 3
 CONTROL_TARGETS = 0                   # supervised control: (entity, target) pairs; 0 = left to --full
+CONTROL_MODELS = None                 # the models supervised control runs on; None: every model
 CONTROL_SOURCE_LAYER = 3              # hidden_states[3]: the MLP of decoder layer 2 is edited
 CONTROL_STEPS = 60                    # the notebook runs 20 Adam steps; on SmolLM2 they leave the MSE at ~7 of ~16 (measured), so 60
 CONTROL_LR = 3e-4                     # ... at learning rate 3e-4, MSE to the target state
@@ -111,10 +112,13 @@ QUICK = dict(EVAL_WORDS=6, RANDOM_WORDS=2, TOX_PER_SOURCE=2, TOX_LAYER_STRIDE=15
              CONTROL_TARGETS=2, CONTROL_UNRELATED=2, EVAL_DIR="results/selfie/quick")
 # --full: 500 words at every layer (a rate's 95 % interval within +-4.4 points); the random control, whose
 # rate sits near 0, on 100 of them (0 hits in 100: at most 3.7 %); 100 prompts per toxic source (200 a side)
-# at every other layer; 50 supervised-control pairs. Measured on 2 AMD cores: about 40 min on SmolLM2 and
-# 100 on Qwen2.5-Coder-0.5B (the random control on all 500 words and every layer would add about 50).
+# at every other layer; 50 supervised-control pairs on SmolLM2. Measured on 2 AMD cores: about 50 min on
+# SmolLM2, 20 of them the control (24 s a pair: each measures the edit three times, with unrelated answers),
+# and about 60 on Qwen2.5-Coder-0.5B without it; its control would add some 70 (add it to CONTROL_MODELS
+# where a GPU or a second sitting allows), the random control on all 500 words at every layer about 50.
 FULL = dict(EVAL_WORDS=500, RANDOM_WORDS=100, FULL_MODELS=("smollm2-135m", "qwen2.5-coder-0.5b"),
-            TOX_PER_SOURCE=100, TOX_LAYER_STRIDE=2, CONTROL_TARGETS=50, EVAL_DIR="results/selfie/full")
+            TOX_PER_SOURCE=100, TOX_LAYER_STRIDE=2, CONTROL_TARGETS=50, CONTROL_MODELS=("smollm2-135m",),
+            EVAL_DIR="results/selfie/full")
 
 # Common concrete nouns and everyday words for the identity test; only those the tokenizer keeps as one
 # token (with a leading space) are used, the first EVAL_WORDS of them.
@@ -659,7 +663,7 @@ def evaluate_model(args, model, tokenizer, cfg) -> dict:
         # 3. supervised control ----------------------------------------------------------------------
         t0, c0 = time.perf_counter(), _cpu()
         control = None
-        if cfg["CONTROL_TARGETS"]:
+        if cfg["CONTROL_TARGETS"] and (cfg["CONTROL_MODELS"] is None or args.model in cfg["CONTROL_MODELS"]):
             cframe = run_control(args, model, tokenizer, cfg, items, repeat, folder)
             control = summarize_control(cframe, cfg)
         t_control, c_control = time.perf_counter() - t0, _cpu() - c0
@@ -847,6 +851,9 @@ def full_tables(run: dict) -> str:
                      f"{100 * e['answers_same']:.0f} % / {100 * r['answers_same']:.0f} % | "
                      f"{100 * c['others_recovered_before']:.0f} / {100 * e['others_recovered']:.0f} / "
                      f"{100 * r['others_recovered']:.0f} % | {c['fit_s']:.1f} |")
+    without = [n for n, m in models.items() if not m.get("control")]
+    if without:
+        lines += ["", f"Supervised control was not run on {', '.join(without)} (CONTROL_MODELS in selfie.py's FULL)."]
     return "\n".join(lines) + "\n"
 
 

@@ -588,3 +588,4 @@ def test_full_results_land_one_model_at_a_time_each_under_its_own_run(tmp_path):
     assert "aaa1111" not in tables and "ccc3333" in tables and "bbb2222" in tables
     assert "| 1 | 70 [60, 80] | 0 [0, 30] | 90 [80, 100] | 0 [0, 30] |" in tables
     assert not list(tmp_path.glob("*.part"))
+    assert "Supervised control was not run on small, large" in tables
