@@ -825,7 +825,8 @@ def full_tables(run: dict) -> str:
     lines += [""] + [f"- {n}: {m['n_words']} words ({m['n_random_words']} with the random control); the placeholder's "
                      f"own state names the word for {100 * m['own_state']['rate']:.0f} %." for n, m in models.items()]
     lines += ["", "Toxicity read-out: ROC-AUC of the profanity score of the model's description of the last token "
-              "(95 % bootstrap interval), beside the spline features' cross-validated logistic regression.", "",
+              "(95 % bootstrap interval) at the best of the layers read, picked on the same prompts (so it flatters), beside "
+              "the spline features' cross-validated logistic regression.", "",
               "| model | prompts (toxic / clean) | best layer | SelfIE AUC | spline, all layers | prompt text scored |",
               "|---|---:|---:|---:|---:|---:|"]
     for n, m in models.items():
