@@ -112,9 +112,9 @@ QUICK = dict(EVAL_WORDS=6, RANDOM_WORDS=2, TOX_PER_SOURCE=2, TOX_LAYER_STRIDE=15
              CONTROL_TARGETS=2, CONTROL_UNRELATED=2, EVAL_DIR="results/selfie/quick")
 # --full: 500 words at every layer (a rate's 95 % interval within +-4.4 points); the random control, whose
 # rate sits near 0, on 100 of them (0 hits in 100: at most 3.7 %); 100 prompts per toxic source (200 a side)
-# at every other layer; 50 supervised-control pairs on SmolLM2. Measured on 2 AMD cores: about 50 min on
-# SmolLM2, 20 of them the control (24 s a pair: each measures the edit three times, with unrelated answers),
-# and about 60 on Qwen2.5-Coder-0.5B without it; its control would add some 70 (add it to CONTROL_MODELS
+# at every other layer; 50 supervised-control pairs on SmolLM2. Measured on 2 AMD cores: 48 min on SmolLM2,
+# 19 of them the control (23 s a pair: each measures the edit three times, with unrelated answers), and 59
+# on Qwen2.5-Coder-0.5B without it; its control would add some 70 (add it to CONTROL_MODELS
 # where a GPU or a second sitting allows), the random control on all 500 words at every layer about 50.
 FULL = dict(EVAL_WORDS=500, RANDOM_WORDS=100, FULL_MODELS=("smollm2-135m", "qwen2.5-coder-0.5b"),
             TOX_PER_SOURCE=100, TOX_LAYER_STRIDE=2, CONTROL_TARGETS=50, CONTROL_MODELS=("smollm2-135m",),

@@ -362,7 +362,8 @@ def truthfulqa_questions() -> tuple[list[dict], str, str]:
 
 
 def load_truthfulqa(n: int, seed: int):
-    questions, prefix, _ = truthfulqa_questions()
+    """(a seeded sample of n questions, the few-shot prefix, what they were drawn from, for the tables)."""
+    questions, prefix, source = truthfulqa_questions()
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.permutation(len(questions))[:min(n, len(questions))].tolist())
     items = []
@@ -372,7 +373,7 @@ def load_truthfulqa(n: int, seed: int):
         false = [a for a in dict.fromkeys(q["False answers"]) if a not in true]
         best = q["Best answer"] if q["Best answer"] in true else true[0]
         items.append(dict(id=i, question=q["Question"], true=true, false=false, best=best, category=q["Category"]))
-    return items, prefix
+    return items, prefix, f"{len(questions)} TruthfulQA questions ({source})"
 
 
 def load_bbq(n_fit: int, n_pairs: int, n_disambig: int, seed: int, n_dev: int = 0):
@@ -718,7 +719,7 @@ def truthfulqa_demonstrations(model, tok, items: list, prefix: str, path: Path, 
 
 
 def truthfulqa(model, tok, cfg, folder):
-    items, prefix = load_truthfulqa(cfg["TQA_QUESTIONS"], cfg["seed"])
+    items, prefix, source = load_truthfulqa(cfg["TQA_QUESTIONS"], cfg["seed"])
     clean, clean_dev = load_clean(cfg["PPL_TEXTS"], cfg["PPL_DEV_TEXTS"], cfg["seed"])
     # The chat template and few-shot prefix are the same for every question: their KV cache is computed once.
     head_text, tail = split_template(tok, f"{prefix}\n{PLACEHOLDER}", "A:")
@@ -782,8 +783,7 @@ def truthfulqa(model, tok, cfg, folder):
                       "clean perplexity": _ppl_row(r, cfg), "tok/s": r["tokens"] / r["seconds"],
                       ITEMS: {"MC1": r["mc1"], "MC2": r["mc2"]}}
     n_rows = len(fit_rows(test, test_folds, -1)[0])
-    questions, _, source = truthfulqa_questions()
-    sizes = (f"{len(test)} of {len(questions)} TruthfulQA questions ({source}), {cfg['FOLDS']}-fold CV over questions; "
+    sizes = (f"{len(test)} of {source}, {cfg['FOLDS']}-fold CV over questions; "
              f"{n_rows} demonstration pairs")
     if searched:
         sizes += f"; settings searched on {len(dev)} other dev questions (2-fold CV within them, MC2)"
@@ -963,7 +963,7 @@ def damage(model, tok, cfg, folder):
         demos = bbq_demonstrations(model, tok, fit, folder / "demos_bbq.pt",
                                    _demo_key(cfg, "bbq", _text_hash(fit)))
     else:
-        items, prefix = load_truthfulqa(cfg["TQA_QUESTIONS"], cfg["seed"])
+        items, prefix, _ = load_truthfulqa(cfg["TQA_QUESTIONS"], cfg["seed"])
         tail = split_template(tok, f"{prefix}\n{PLACEHOLDER}", "A:")[1]
         demo_key = _demo_key(cfg, "truthfulqa", _text_hash(items, [it["question"] for it in items], tail))
         demos = truthfulqa_demonstrations(model, tok, items, prefix, folder / "demos.pt", demo_key)

@@ -375,12 +375,12 @@ def test_search_never_reads_test_items(tiny_llama_dir, tmp_path, monkeypatch, ca
     real = se.load_truthfulqa
 
     def scrambled(n, seed):
-        items, prefix = real(n, seed)
+        items, prefix, source = real(n, seed)
         _, test = se._split(len(items), se.QUICK["TQA_DEV"], seed)
         for i in test:
             it = items[i]
             items[i] = dict(it, true=it["false"], false=it["true"], best=it["false"][0])
-        return items, prefix
+        return items, prefix, source
 
     honest, _ = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path, "a", "ca", "--search"))
     other, _ = _run_script(monkeypatch, capsys, _tqa_argv(tiny_llama_dir, tmp_path, "b", "cb", "--search"), scrambled)
@@ -396,9 +396,9 @@ def test_a_changed_input_is_recomputed_never_reported_stale(tiny_llama_dir, tmp_
     real = se.load_truthfulqa
 
     def changed(n, seed):
-        items, prefix = real(n, seed)
+        items, prefix, source = real(n, seed)
         items[0] = dict(items[0], question=items[0]["question"] + " Really?")
-        return items, prefix
+        return items, prefix, source
 
     def metrics(data):
         return {n: {m: v for m, v in row.items() if m != "tok/s"} for n, row in data["rows"].items()}
@@ -569,7 +569,7 @@ def test_truthfulqa_needs_its_folder_and_says_where_to_get_it(tmp_path, monkeypa
     with pytest.raises(UserError, match="holds neither TruthfulQA layout.*truthful_qa folder.*TruthfulQA.csv"):
         se.load_truthfulqa(4, 0)
     monkeypatch.setattr(se, "TRUTHFULQA_DIR", os.environ["TRUTHFULQA_DIR"])
-    items, prefix = se.load_truthfulqa(4, 0)
+    items, prefix, _ = se.load_truthfulqa(4, 0)
     assert len(items) == 4 and prefix and all(it["true"] and it["false"] for it in items)
 
 
@@ -591,7 +591,8 @@ def test_truthfulqa_from_a_clone_of_its_own_repository(monkeypatch):
     quoted = questions[-1]     # commas, quotes and a period already there survive the CSV and the split
     assert quoted["True answers"] == ["Nobody knows for sure.", 'It is unclear, as "Hello, world" is older than any one program.']
     assert quoted["False answers"] == ["A famous novelist wrote it.", "It was written in 2020."]
-    items, _ = se.load_truthfulqa(100, 0)
+    items, _, about = se.load_truthfulqa(100, 0)
+    assert about == "13 TruthfulQA questions (the TruthfulQA repository's TruthfulQA.csv)"
     assert len(items) == len(questions) and all(it["best"] in it["true"] for it in items)
 
 
